@@ -17,6 +17,12 @@ from typing import IO, Any
 from emit.problems import EmitError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, fsync, then rename it over ``path``."""
     path = Path(path)
@@ -27,6 +33,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should read like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,9 +64,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         text = raw.decode("utf-8-sig")  # tolerate a BOM, as written by some Windows tools
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1  # say where, like the JSON error below
         raise EmitError(
-            f"{path}: not UTF-8 (byte {exc.start}: {raw[exc.start:exc.start + 4]!r}); "
-            "re-save the file as UTF-8"
+            f"{path}: not UTF-8 at line {line} (byte {exc.start}: "
+            f"{raw[exc.start:exc.start + 4]!r}); re-save the file as UTF-8"
         ) from exc
     try:
         return json.loads(text)

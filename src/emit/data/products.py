@@ -56,10 +56,12 @@ class Product:
 
 def safe_image_name(name: str) -> bool:
     """True if ``name`` is a plain file name that stays inside its product folder."""
-    if not name or name in {".", ".."} or "\x00" in name:
-        return False
+    if not name or not name.strip(". ") or "\x00" in name:
+        return False  # also ".. " and "...": Windows drops trailing dots and spaces
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute():
         return False
+    if PureWindowsPath(name).drive:
+        return False  # "C:x.jpg" is relative to drive C:, not to the product folder
     return "/" not in name and "\\" not in name
 
 
@@ -179,6 +181,10 @@ def read_products(
                             f"got {type(data).__name__}")
         root = Path(image_root) if image_root is not None else path.parent
         for pid, profile in data.items():
+            if not safe_image_name(str(pid)):  # the id becomes a folder name under root
+                problems.add(path, pid, "product id is a path (or '..'), not a folder name; "
+                             "product refused", "use the plain product id")
+                continue
             product = _parse_profile(str(pid), profile, str(path), root / str(pid), problems)
             if product is not None:
                 products.append(product)

@@ -7,7 +7,8 @@ Two readings of "cross-entropy", matching the two training losses:
 * ``softmax``: the paper's soft-target cross-entropy; the tag's multi-hot vector is normalised
   to a distribution q and the cost is ``-sum q * log softmax(logits)``.
 
-Everything works on logits for numerical stability.
+One torch implementation serves training (differentiable, batched over candidate tags) and
+decisions (the numpy :func:`cost_matrix`). Everything works on logits for stability.
 """
 
 from __future__ import annotations
@@ -15,34 +16,35 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 LossName = Literal["bce", "softmax"]
 
 
-def _log_sigmoid(x: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -x)
+def tag_costs(logits: torch.Tensor, tags: torch.Tensor, loss: LossName = "bce") -> torch.Tensor:
+    """Cost of each candidate tag for each image.
 
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    ``logits``: (..., K) per image; ``tags``: (..., M, K) multi-hot candidates, broadcast
+    against the image's batch dimensions. Returns (..., M); lower is better.
+    """
+    if logits.shape[-1] != tags.shape[-1]:
+        raise ValueError(f"shape mismatch: logits {tuple(logits.shape)}, tags {tuple(tags.shape)}")
+    z = logits.unsqueeze(-2)  # (..., 1, K) against (..., M, K)
+    if loss == "bce":
+        per_label = -(tags * F.logsigmoid(z) + (1.0 - tags) * F.logsigmoid(-z))
+        return per_label.mean(dim=-1)
+    if loss == "softmax":
+        q = tags / tags.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        return -(q * F.log_softmax(z, dim=-1)).sum(dim=-1)
+    raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'softmax'")
 
 
 def cost_matrix(logits: np.ndarray, tag_embeddings: np.ndarray, loss: LossName = "bce") -> np.ndarray:
-    """Cost of giving each image (rows of ``logits``) each tag (rows of ``tag_embeddings``).
-
-    ``logits``: (n_images, n_labels); ``tag_embeddings``: (n_tags, n_labels) multi-hot.
-    Returns (n_images, n_tags); lower is better.
-    """
+    """(n_images, K) logits and (n_tags, K) multi-hot tags -> (n_images, n_tags) costs."""
     logits = np.asarray(logits, dtype=np.float64)
     y = np.asarray(tag_embeddings, dtype=np.float64)
-    if logits.ndim != 2 or y.ndim != 2 or logits.shape[1] != y.shape[1]:
-        raise ValueError(f"shape mismatch: logits {logits.shape}, tag embeddings {y.shape}")
-    if loss == "bce":
-        log_p = _log_sigmoid(logits)
-        log_not_p = _log_sigmoid(-logits)
-        return -(log_p @ y.T + log_not_p @ (1.0 - y).T) / y.shape[1]
-    if loss == "softmax":
-        q = y / np.clip(y.sum(axis=1, keepdims=True), 1e-12, None)
-        return -(_log_softmax(logits) @ q.T)
-    raise ValueError(f"unknown loss {loss!r}; use 'bce' or 'softmax'")
+    if logits.ndim != 2 or y.ndim != 2:
+        raise ValueError(f"expected 2-D arrays, got logits {logits.shape}, tags {y.shape}")
+    with torch.no_grad():
+        return tag_costs(torch.from_numpy(logits), torch.from_numpy(y), loss).numpy()

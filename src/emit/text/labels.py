@@ -30,7 +30,7 @@ COLOUR_SUFFIX = "色"
 
 
 @lru_cache(maxsize=1)
-def _jieba():  # noqa: ANN202 - jieba has no type hints
+def _jieba():
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # its "building prefix dict" chatter is not for users

@@ -1,0 +1,1 @@
+"""Product image -> option tag pairing (EMIT): tagging, costs, assignment and evaluation."""

@@ -1,0 +1,243 @@
+"""Extract image features with a content-addressed, resumable cache.
+
+Features are keyed by the sha256 of the image file's bytes, in one sqlite file per backbone
+identity (``<cache_dir>/<key>.sqlite``). So renamed or copied images are free, duplicates are
+computed once, a second run over the same images never touches the model, and a run killed
+half-way keeps every batch it committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emit.data.images import load_images_threaded
+from emit.problems import EmitError, ProblemLog
+from emit.vision.backbones import Backbone
+
+_SQL_CHUNK = 500  # stay under sqlite's host-parameter limit in IN (...) queries
+
+
+def feature_key(backbone: Backbone, hflip_tta: bool = False) -> str:
+    """Cache key for ``backbone``'s features; test-time flipping gives different features."""
+    return backbone.key + ("-hflip" if hflip_tta else "")
+
+
+class FeatureCache:
+    """``{content sha256: float32 vector}`` in ``<cache_dir>/<backbone_key>.sqlite``.
+
+    WAL mode and a long busy timeout let two processes share one cache; every
+    :meth:`put_many` commits, so an interrupted run keeps what it finished.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str], backbone_key: str) -> None:
+        self.path = Path(cache_dir) / f"{backbone_key}.sqlite"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this crash-safe
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS features "
+                "(content_sha256 TEXT PRIMARY KEY, vec BLOB NOT NULL)"
+            )
+            self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise EmitError(f"{self.path}: cannot open the feature cache ({exc}); check the "
+                            "folder is writable, or delete the file if it is corrupt") from exc
+
+    def get_many(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, np.ndarray] = {}
+        for i in range(0, len(wanted), _SQL_CHUNK):
+            chunk = wanted[i:i + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT content_sha256, vec FROM features WHERE content_sha256 IN ({marks})",
+                chunk,
+            )
+            for digest, blob in rows:
+                found[digest] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    def put_many(self, vectors: Mapping[str, np.ndarray]) -> None:
+        rows = [(k, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                for k, v in vectors.items()]
+        with self._db:  # one transaction per batch: committed, or not at all
+            self._db.executemany(
+                "INSERT OR REPLACE INTO features (content_sha256, vec) VALUES (?, ?)", rows
+            )
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_all(paths: Sequence[Path], num_threads: int, problems: ProblemLog,
+              records: Sequence[object]) -> list[str | None]:
+    def one(path: Path) -> str | OSError:
+        try:
+            return hash_file(path)
+        except OSError as exc:  # reported below, on the calling thread, in order
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        results = list(pool.map(one, paths))
+    hashes: list[str | None] = []
+    for path, record, result in zip(paths, records, results, strict=True):
+        if isinstance(result, OSError):
+            what = ("image file not found" if isinstance(result, FileNotFoundError)
+                    else f"cannot read the file ({result.strerror or result})")
+            problems.add(path, record, what + "; image skipped",
+                         "check the path, or add the file / remove its entry")
+            hashes.append(None)
+        else:
+            hashes.append(result)
+    return hashes
+
+
+def extract_features(
+    paths: Sequence[str | os.PathLike[str]],
+    backbone: Backbone,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    num_threads: int = 2,
+    problems: ProblemLog | None = None,
+    progress: bool = True,
+    hflip_tta: bool = False,
+    record_names: Sequence[object] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(N, backbone.dim)`` float32 and a bool mask ``ok`` ``(N,)`` for ``paths``.
+
+    Bad images get a zero row, ``ok=False`` and a problem in ``problems`` (``record_names[i]``
+    names the record; default the file name); the others are unaffected. With ``cache_dir``
+    cached vectors are reused and new ones stored per batch. ``hflip_tta`` averages each
+    image's features with its mirror image's. Thread count for torch is left to the caller
+    (``torch.set_num_threads``); ``num_threads`` is for reading and decoding.
+    """
+    paths = [Path(p) for p in paths]
+    n = len(paths)
+    if record_names is not None and len(record_names) != n:
+        raise ValueError(f"record_names has {len(record_names)} entries for {n} paths")
+    records = list(record_names) if record_names is not None else [p.name for p in paths]
+    problems = problems if problems is not None else ProblemLog()
+    features = np.zeros((n, backbone.dim), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    if n == 0:
+        return features, ok
+
+    hashes = _hash_all(paths, num_threads, problems, records)
+    # Rows by content: identical files share one computation and one cache entry.
+    rows_of: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes):
+        if h is not None:
+            rows_of.setdefault(h, []).append(i)
+
+    cache = FeatureCache(cache_dir, feature_key(backbone, hflip_tta)) if cache_dir else None
+    bar = tqdm(total=n, desc=f"features {backbone.name}", unit="img", disable=not progress)
+    try:
+        bar.update(n - sum(len(r) for r in rows_of.values()))  # unreadable files are done
+        vectors: dict[str, np.ndarray] = {}
+        if cache is not None:
+            vectors = {h: v for h, v in cache.get_many(rows_of).items()
+                       if v.shape == (backbone.dim,)}  # ignore entries of another width
+        for h, v in vectors.items():
+            _fill(features, ok, rows_of[h], v)
+            bar.update(len(rows_of[h]))
+
+        todo = [h for h in rows_of if h not in vectors]
+        if todo:
+            _compute(todo, rows_of, paths, records, backbone, features, ok, cache, bar,
+                     batch_size=batch_size, num_threads=num_threads, problems=problems,
+                     hflip_tta=hflip_tta)
+    finally:
+        bar.close()
+        if cache is not None:
+            cache.close()
+    return features, ok
+
+
+def _fill(features: np.ndarray, ok: np.ndarray, rows: list[int], vec: np.ndarray) -> None:
+    features[rows] = vec
+    ok[rows] = True
+
+
+def _compute(todo: list[str], rows_of: dict[str, list[int]], paths: list[Path],
+             records: list[object], backbone: Backbone, features: np.ndarray, ok: np.ndarray,
+             cache: FeatureCache | None, bar: tqdm, *, batch_size: int, num_threads: int,
+             problems: ProblemLog, hflip_tta: bool) -> None:
+    """Decode one file per missing hash, run the model in batches, store as we go."""
+    first = [rows_of[h][0] for h in todo]
+    images = load_images_threaded([paths[i] for i in first], backbone.transform, num_threads,
+                                  problems, [records[i] for i in first])
+    model = backbone.model
+    was_training = model.training
+    model.eval()
+    batch: list[torch.Tensor] = []
+    batch_hashes: list[str] = []
+
+    def flush() -> None:
+        x = torch.stack(batch)
+        with torch.inference_mode():
+            out = model(x)
+            if hflip_tta:
+                out = (out + model(x.flip(-1))) / 2
+        out_np = out.float().cpu().numpy()
+        if out_np.shape != (len(batch), backbone.dim):
+            raise EmitError(f"backbone {backbone.name} returned features of shape "
+                            f"{out_np.shape}, expected ({len(batch)}, {backbone.dim})")
+        computed = dict(zip(batch_hashes, out_np, strict=True))
+        if cache is not None:
+            cache.put_many(computed)
+        for h, v in computed.items():
+            _fill(features, ok, rows_of[h], v)
+            bar.update(len(rows_of[h]))
+        batch.clear()
+        batch_hashes.clear()
+
+    try:
+        for h, tensor in zip(todo, images, strict=True):
+            if tensor is None:  # reported by load_images_threaded for the first path
+                rows = rows_of[h]
+                for i in rows[1:]:
+                    problems.add(paths[i], records[i],
+                                 f"same bytes as {paths[rows[0]]}, which cannot be decoded; "
+                                 "image skipped", "replace both files with a good image")
+                bar.update(len(rows))
+                continue
+            batch.append(tensor)
+            batch_hashes.append(h)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        images.close()
+        model.train(was_training)
