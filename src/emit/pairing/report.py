@@ -16,13 +16,12 @@ import functools
 import io
 import logging
 import os
-import platform
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emit import __version__
+from emit.config import versions
 from emit.data.products import Product, read_truth
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.metrics import confused_pairs, pairing_scores
@@ -103,16 +102,8 @@ def evaluate_pairing(
             "missing_products": bscores["missing_products"],
         }
     report["problems"] = problems.to_json()
-    report["versions"] = _versions()
+    report["versions"] = versions()
     return report
-
-
-def _versions() -> dict[str, str]:
-    import matplotlib
-    import numpy
-
-    return {"emit": __version__, "python": platform.python_version(),
-            "numpy": numpy.__version__, "matplotlib": matplotlib.__version__}
 
 
 def _load_aligned(

@@ -538,3 +538,22 @@ def _create_composite(name: str, parts: list[str], weights: str | None,
     model = CompositeModel(modules).eval()
     return Backbone(name, model, start, first.image_size, first.mean, first.std, identity,
                     segments)
+
+
+def loadable_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The learned part's weights, keyed so that ``create_backbone(name, weights=file)`` loads them.
+
+    Used to save a fine-tuned backbone. Composites hold exactly one learned part.
+    """
+    model: nn.Module = backbone.model
+    if isinstance(model, CompositeModel):
+        learned = [p for p in model.parts if any(True for _ in p.parameters())]
+        if len(learned) != 1:
+            raise EmitError(f"backbone {backbone.name!r} has {len(learned)} learned parts; "
+                            "fine-tuning needs exactly one")
+        model = learned[0]
+    if isinstance(model, _Adapt):
+        model = model.inner
+    if isinstance(model, _EfficientNetFeatures):
+        model = model.net
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,84 @@
+"""Generate a small product-pairing data set: drawn garments in named colours, Chinese tags.
+
+Used by ``emit demo`` and by the end-to-end tests, so both run on a fresh clone with no data.
+Each product is one garment shape shown in 2-4 colours; its option tags are the Chinese
+colour names, decorated the way real Taobao tags are (product codes, brackets, notes).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from emit.files import atomic_write_json
+
+# (Chinese name, RGB) -- deliberately including close pairs, as real catalogues have
+COLOURS: list[tuple[str, tuple[int, int, int]]] = [
+    ("黑色", (25, 25, 28)), ("白色", (236, 236, 232)), ("红色", (200, 30, 35)),
+    ("蓝色", (40, 90, 200)), ("藏青色", (25, 35, 80)), ("绿色", (40, 150, 60)),
+    ("黄色", (235, 205, 40)), ("灰色", (128, 128, 130)), ("粉色", (240, 150, 180)),
+    ("紫色", (120, 50, 150)), ("棕色", (120, 75, 40)), ("橙色", (240, 130, 30)),
+]
+DECORATIONS = ["{c}", "{c}", "{c}", "K{code}{c}", "{code}-{c}", "【{c}】", "{c}【加绒】", "{c}T恤"]
+SHAPES = ["tshirt", "trousers", "dress", "shoe"]
+
+
+def _draw_garment(shape: str, rgb: tuple[int, int, int], size: int, rng: random.Random) -> Image.Image:
+    bg = tuple(int(v) for v in (248 - rng.randint(0, 10),) * 3)
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    s = size / 224
+    jitter = [rng.uniform(-6, 6) * s for _ in range(4)]
+    fill = tuple(max(0, min(255, v + rng.randint(-12, 12))) for v in rgb)
+    shade = tuple(max(0, v - 30) for v in fill)
+
+    def P(pts: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        return [(x * s + jitter[0], y * s + jitter[1]) for x, y in pts]
+
+    if shape == "tshirt":
+        d.polygon(P([(60, 40), (95, 30), (129, 30), (164, 40), (200, 80), (175, 100), (160, 85),
+                     (160, 200), (64, 200), (64, 85), (49, 100), (24, 80)]), fill=fill)
+        d.line(P([(95, 30), (112, 48), (129, 30)]), fill=shade, width=max(1, int(4 * s)))
+    elif shape == "trousers":
+        d.polygon(P([(70, 25), (154, 25), (165, 205), (125, 205), (112, 90), (99, 205), (59, 205)]),
+                  fill=fill)
+    elif shape == "dress":
+        d.polygon(P([(90, 25), (134, 25), (140, 90), (185, 205), (39, 205), (84, 90)]), fill=fill)
+    else:
+        d.ellipse(P([(30, 120), (200, 185)]), fill=fill)
+        d.rectangle(P([(30, 150), (200, 185)]), fill=fill)
+        d.rectangle(P([(30, 178), (200, 190)]), fill=shade)
+    if rng.random() < 0.5:  # a pattern stripe, so colour is not the only thing in the picture
+        y = rng.randint(100, 150) * s
+        d.rectangle([(70 * s, y), (150 * s, y + 6 * s)], fill=shade)
+    return img.filter(ImageFilter.GaussianBlur(radius=0.6))
+
+
+def make_products(root: str | os.PathLike[str], n_products: int = 60, *, seed: int = 0,
+                  size: int = 96, with_truth: bool = True) -> Path:
+    """Write ``n_products`` product folders under ``root`` in the Taobao layout; return ``root``."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(n_products):
+        pid = f"{900000000000 + seed * 100000 + k}"
+        folder = root / pid
+        folder.mkdir(exist_ok=True)
+        shape = rng.choice(SHAPES)
+        colours = rng.sample(COLOURS, rng.randint(2, 4))
+        pattern = rng.choice(DECORATIONS)
+        code = rng.randint(1000, 99999)
+        tags = [pattern.format(c=name, code=code) for name, _ in colours]
+        # every colour shown at least once, then a few extra views
+        shown = list(range(len(colours))) + [rng.randrange(len(colours)) for _ in range(rng.randint(0, 2))]
+        rng.shuffle(shown)
+        imgs_tags = []
+        for i, c in enumerate(shown):
+            name = f"{pid}_{i}.jpg"
+            _draw_garment(shape, colours[c][1], size, rng).save(folder / name, quality=90)
+            imgs_tags.append({name: tags[c] if with_truth else ""})
+        atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
+    return root

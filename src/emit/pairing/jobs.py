@@ -1,0 +1,148 @@
+"""Whole pairing jobs on folders and files: what ``emit pair ...`` runs.
+
+Each job reads its inputs, reports bad records (and keeps going), writes its outputs
+atomically, and returns a small summary dict for the command line to print.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from emit.config import PairingConfig, to_dict
+from emit.data.products import read_products, read_truth, write_final_json
+from emit.files import atomic_write_bytes, atomic_write_json
+from emit.pairing.assign import AssignMode
+from emit.pairing.ensemble import CombineMode
+from emit.pairing.model import PairingModel
+from emit.pairing.pipeline import (
+    check_backbone,
+    extract_product_features,
+    predict_pairing,
+    train_pairing,
+)
+from emit.pairing.report import evaluate_pairing, write_report
+from emit.problems import EmitError, ProblemLog
+from emit.vision.backbones import create_backbone
+
+log = logging.getLogger("emit")
+
+
+def default_cache_dir() -> Path:
+    """Feature cache shared by all runs: $EMIT_CACHE_DIR, else ~/.cache/emit/features."""
+    env = os.environ.get("EMIT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "emit" / "features"
+
+
+def baseline_path(pred_path: str | os.PathLike[str]) -> Path:
+    """Where predict writes the colour baseline's predictions, beside final_json.json."""
+    p = Path(pred_path)
+    return p.with_name(p.stem + ".baseline.json")
+
+
+def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config: PairingConfig, *,
+              image_root: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    config.validate()
+    start = time.perf_counter()
+    problems = ProblemLog()
+    products, _ = read_products(data, image_root=image_root, problems=problems)
+    if not products:
+        raise EmitError(f"{data}: no usable products; see the problems above")
+    backbone = create_backbone(config.backbone, weights=config.weights)
+    cache = cache_dir or default_cache_dir()
+    if config.tune_full_model:
+        from emit.pairing.finetune import finetune_backbone
+
+        backbone = finetune_backbone(products, backbone, config, Path(out), problems=problems,
+                                     progress=progress)
+    model = train_pairing(products, config, backbone=backbone, cache_dir=cache, problems=problems,
+                          progress=progress)
+    model.save(out)
+    png = _plot_curves(model, Path(out) / "training.png")
+    if problems:
+        atomic_write_json(Path(out) / "train_problems.json", problems.to_json())
+    return {"model": str(out), "products": len(products),
+            "images": sum(len(p.images) for p in products), "labels": len(model.vocab.labels),
+            "members": len(model.members), "problems": len(problems),
+            "seconds": round(time.perf_counter() - start, 1), "curves": str(png)}
+
+
+def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
+                out: str | os.PathLike[str], *, image_root: str | None = None,
+                cache_dir: str | os.PathLike[str] | None = None, assign: AssignMode | None = None,
+                combine: CombineMode | None = None, progress: bool = True) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = PairingModel.load(model_dir)
+    problems = ProblemLog()
+    products, _ = read_products(data, image_root=image_root, problems=problems)
+    if not products:
+        raise EmitError(f"{data}: no usable products; see the problems above")
+    backbone = create_backbone(model.config.backbone, weights=_model_weights(model, model_dir))
+    check_backbone(model, backbone)
+    pf = extract_product_features(products, backbone, cache_dir=cache_dir or default_cache_dir(),
+                                  hflip_tta=model.config.hflip_tta, problems=problems,
+                                  progress=progress)
+    decisions = predict_pairing(model, pf, assign_mode=assign, combine_mode=combine)
+    unreadable = sum(t is None for d in decisions for t in d.tags)
+    write_final_json(out, products, {d.product_id: d.tags for d in decisions})
+    write_final_json(baseline_path(out), products, {d.product_id: d.baseline_tags for d in decisions})
+    if problems:
+        atomic_write_json(Path(out).with_suffix(".problems.json"), problems.to_json())
+    return {"predictions": str(out), "baseline": str(baseline_path(out)),
+            "products": len(products), "images": sum(len(p.images) for p in products),
+            "unassigned_images": unreadable, "problems": len(problems),
+            "assign": assign or model.config.assign, "combine": combine or model.config.bag_combine,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _model_weights(model: PairingModel, model_dir: str | os.PathLike[str]) -> str | None:
+    """A fine-tuned backbone lives in the model folder; otherwise the configured weights."""
+    tuned = Path(model_dir) / "backbone.safetensors"
+    return str(tuned) if tuned.is_file() else model.config.weights
+
+
+def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
+                 baseline: str | os.PathLike[str] | None = None,
+                 out: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path, Path]:
+    problems = ProblemLog()
+    truth_products = read_truth(truth, problems=problems)
+    base = Path(baseline) if baseline else baseline_path(pred)
+    baselines = {"colour baseline (single-class)": base} if base.is_file() else None
+    report = evaluate_pairing(pred, truth_products, baselines, problems=problems)
+    prefix = Path(out) if out else Path(pred).with_name(Path(pred).stem + "_report")
+    json_path, png_path = write_report(report, prefix)
+    return report, json_path, png_path
+
+
+def _plot_curves(model: PairingModel, path: Path) -> Path:
+    """Training and validation loss of every bag member, as a PNG beside the model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, member in enumerate(model.members):
+        info = member.info
+        (line,) = ax.plot(info.get("train_loss", []), label=f"member {k} train", alpha=0.8)
+        if info.get("val_loss"):
+            ax.plot(info["val_loss"], "--", color=line.get_color(), label=f"member {k} val")
+            ax.axvline(info["best_epoch"] - 1, color=line.get_color(), alpha=0.3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("pairing heads: loss per epoch (dashed: validation; line: kept epoch)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def config_summary(config: PairingConfig) -> dict[str, Any]:
+    return to_dict(config)

@@ -1,0 +1,158 @@
+"""A trained pairing model: label vocabulary, a bag of tagger heads, and the colour baseline.
+
+Saved as a folder: ``model.json`` (configuration, versions, backbone identity, members),
+``vocab.json``, and ``weights.safetensors`` with every head's tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from emit.config import PairingConfig, from_dict, to_dict, versions
+from emit.files import atomic_write, atomic_write_json, read_json
+from emit.pairing.assign import AssignMode, assign
+from emit.pairing.cost import cost_matrix
+from emit.pairing.ensemble import CombineMode, combine
+from emit.pairing.tagger import TaggerHead, restrict_labels, with_product_context
+from emit.problems import EmitError
+from emit.text.colours import COLOUR_CLASSES, colour_index
+from emit.text.labels import LabelVocab
+
+MODEL_FILE, VOCAB_FILE, WEIGHTS_FILE = "model.json", "vocab.json", "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def colour_one_hot(tags: Sequence[str]) -> np.ndarray:
+    """The baseline's single-class targets: one manual colour class per tag."""
+    out = np.zeros((len(tags), len(COLOUR_CLASSES)), dtype=np.float32)
+    for i, tag in enumerate(tags):
+        out[i, colour_index(tag)] = 1.0
+    return out
+
+
+@dataclass
+class Member:
+    """One model of the bag: the labels it sees and its head."""
+
+    label_ids: np.ndarray
+    head: TaggerHead
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)  # epochs, curves: for the record
+
+    def embed(self, vocab: LabelVocab, tags: Sequence[str]) -> np.ndarray:
+        return restrict_labels(vocab.encode_many(tags), self.label_ids)
+
+
+@dataclass
+class PairingModel:
+    config: PairingConfig
+    vocab: LabelVocab
+    members: list[Member]
+    baseline: TaggerHead | None
+    backbone_identity: dict[str, Any]
+    feature_dim: int
+
+    # ---- features -> costs -------------------------------------------------------------
+    def inputs(self, features: np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Head inputs for raw backbone features of images grouped by product."""
+        return with_product_context(features, groups) if self.config.product_context else features
+
+    def member_logits(self, inputs: np.ndarray) -> list[np.ndarray]:
+        return [m.head.logits(inputs) for m in self.members]
+
+    def member_costs(self, logits: Sequence[np.ndarray], tags: Sequence[str]) -> list[np.ndarray]:
+        return [cost_matrix(z, m.embed(self.vocab, tags), self.config.loss)
+                for m, z in zip(self.members, logits, strict=True)]
+
+    def decide(self, logits: Sequence[np.ndarray], tags: Sequence[str],
+               assign_mode: AssignMode | None = None, combine_mode: CombineMode | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Tag index per image, and the mean cost matrix shown to users."""
+        costs = self.member_costs(logits, tags)
+        choice = combine(costs, combine_mode or self.config.bag_combine,
+                         assign_mode or self.config.assign)
+        return choice, np.mean(np.stack(costs), axis=0)
+
+    def baseline_decide(self, logits: np.ndarray, tags: Sequence[str],
+                        assign_mode: AssignMode | None = None) -> np.ndarray:
+        cost = cost_matrix(logits, colour_one_hot(tags), "softmax")
+        return assign(cost, assign_mode or self.config.assign)
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for k, member in enumerate(self.members):
+            for name, value in member.head.state_dict().items():
+                tensors[f"member{k}.{name}"] = value.contiguous()
+        if self.baseline is not None:
+            for name, value in self.baseline.state_dict().items():
+                tensors[f"baseline.{name}"] = value.contiguous()
+        tmp = folder / f".{WEIGHTS_FILE}.tmp"
+        save_file(tensors, str(tmp))
+        atomic_write(folder / WEIGHTS_FILE, lambda fh: fh.write(tmp.read_bytes()))
+        tmp.unlink()
+        self.vocab.save(folder / VOCAB_FILE)
+        meta = {
+            "format": FORMAT_VERSION,
+            "config": to_dict(self.config),
+            "versions": versions(),
+            "backbone": self.backbone_identity,
+            "feature_dim": self.feature_dim,
+            "members": [
+                {"label_ids": m.label_ids.tolist(), "seed": m.seed, "hidden": m.head.hidden,
+                 "in_dim": m.head.in_dim, "n_labels": m.head.n_labels, "info": m.info}
+                for m in self.members
+            ],
+            "baseline": None if self.baseline is None else {
+                "in_dim": self.baseline.in_dim, "hidden": self.baseline.hidden,
+                "classes": COLOUR_CLASSES},
+        }
+        atomic_write_json(folder / MODEL_FILE, meta)  # written last: its presence marks a model
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> PairingModel:
+        folder = Path(folder)
+        if not (folder / MODEL_FILE).is_file():
+            raise EmitError(f"{folder}: not a pairing model (no {MODEL_FILE}); "
+                            "train one with `emit pair train`")
+        meta = read_json(folder / MODEL_FILE)
+        if meta.get("format") != FORMAT_VERSION:
+            raise EmitError(f"{folder / MODEL_FILE}: model format {meta.get('format')} is not "
+                            f"{FORMAT_VERSION}; retrain with this version of emit")
+        config = from_dict(PairingConfig, meta["config"])
+        vocab = LabelVocab.load(folder / VOCAB_FILE)
+        try:
+            tensors = load_file(str(folder / WEIGHTS_FILE))
+        except Exception as exc:  # safetensors raises its own error types
+            raise EmitError(f"{folder / WEIGHTS_FILE}: cannot read weights ({exc}); retrain") from exc
+
+        def head(prefix: str, in_dim: int, n_labels: int, hidden: int) -> TaggerHead:
+            module = TaggerHead(in_dim, n_labels, hidden, config.dropout)
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                module.load_state_dict(state)
+            except RuntimeError as exc:
+                raise EmitError(f"{folder / WEIGHTS_FILE}: weights do not match {MODEL_FILE} "
+                                f"({prefix[:-1]}); retrain") from exc
+            return module.eval()
+
+        members = [
+            Member(np.asarray(m["label_ids"], dtype=np.int64),
+                   head(f"member{k}.", m["in_dim"], m["n_labels"], m["hidden"]), m["seed"],
+                   m.get("info", {}))
+            for k, m in enumerate(meta["members"])
+        ]
+        b = meta.get("baseline")
+        baseline = None if b is None else head("baseline.", b["in_dim"], len(b["classes"]), b["hidden"])
+        return cls(config, vocab, members, baseline, meta["backbone"], meta["feature_dim"])

@@ -1,0 +1,222 @@
+"""Train and apply pairing models on products: reader -> features -> heads -> decisions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emit.config import PairingConfig
+from emit.data.products import Product
+from emit.pairing.assign import AssignMode
+from emit.pairing.ensemble import CombineMode
+from emit.pairing.model import Member, PairingModel, colour_one_hot
+from emit.pairing.tagger import (
+    LISTWISE_TEMPERATURE,
+    FitResult,
+    LabelledImages,
+    fit_head,
+    with_product_context,
+)
+from emit.problems import EmitError, ProblemLog
+from emit.split import in_validation
+from emit.text.labels import build_vocab
+from emit.vision.backbones import Backbone, create_backbone
+from emit.vision.features import extract_features
+
+log = logging.getLogger("emit")
+
+
+@dataclass
+class ProductFeatures:
+    """Backbone features of every readable image, with where each product's images are."""
+
+    products: list[Product]
+    features: np.ndarray  # (N, D) rows of readable images only
+    groups: np.ndarray  # (N,) index of the row's product in ``products``
+    rows: list[list[int | None]]  # per product, per image: row index, or None if unreadable
+
+
+def extract_product_features(
+    products: Sequence[Product], backbone: Backbone, *, cache_dir: str | os.PathLike[str] | None,
+    hflip_tta: bool, problems: ProblemLog, progress: bool = True, batch_size: int = 32,
+) -> ProductFeatures:
+    paths, names, owner = [], [], []
+    for k, product in enumerate(products):
+        for name in product.images:
+            paths.append(product.image_path(name))
+            names.append(f"{product.product_id} image {name}")
+            owner.append(k)
+    feats, ok = extract_features(paths, backbone, cache_dir=cache_dir, batch_size=batch_size,
+                                 problems=problems, progress=progress, hflip_tta=hflip_tta,
+                                 record_names=names)
+    keep = np.flatnonzero(ok)
+    new_index = np.full(len(paths), -1)
+    new_index[keep] = np.arange(len(keep))
+    rows: list[list[int | None]] = []
+    cursor = 0
+    for product in products:
+        ids = new_index[cursor:cursor + len(product.images)]
+        rows.append([int(i) if i >= 0 else None for i in ids])
+        cursor += len(product.images)
+    return ProductFeatures(list(products), feats[keep], np.asarray(owner)[keep], rows)
+
+
+def labelled_rows(pf: ProductFeatures, inputs: np.ndarray,
+                  encode: Callable[[Sequence[str]], np.ndarray]) -> tuple[LabelledImages, np.ndarray]:
+    """Training rows for every readable image with a known tag, and each row's product id."""
+    width = encode(["x"]).shape[1]
+    most = max((len(p.optional_tags) for p in pf.products), default=1)
+    x, y, cand, mask, true, pids = [], [], [], [], [], []
+    for product, rows in zip(pf.products, pf.rows, strict=True):
+        tag_emb = encode(product.optional_tags)
+        padded = np.zeros((most, width), dtype=np.float32)
+        padded[: len(tag_emb)] = tag_emb
+        valid = np.arange(most) < len(tag_emb)
+        for row, tag in zip(rows, product.tags, strict=True):
+            if row is None or tag is None:
+                continue
+            t = product.optional_tags.index(tag)
+            x.append(inputs[row])
+            y.append(tag_emb[t])
+            cand.append(padded)
+            mask.append(valid)
+            true.append(t)
+            pids.append(product.product_id)
+    if not x:
+        raise EmitError("no training images with a known tag could be read; check the data folder "
+                        "has images and imgs_tags filled in")
+    data = LabelledImages(np.stack(x), np.stack(y), np.stack(cand), np.stack(mask), np.asarray(true))
+    return data, np.asarray(pids)
+
+
+def _fit(config: PairingConfig, data: LabelledImages, pids: np.ndarray, seed: int, *,
+         loss: str, listwise_weight: float, data_fraction: float) -> FitResult:
+    """Hold out products (by hash) for early stopping, subsample the rest, and fit a head."""
+    is_val = np.array([in_validation(p, config.val_fraction, seed) for p in pids], dtype=bool)
+    rng = np.random.default_rng(seed)
+    train_products = np.unique(pids[~is_val])
+    if data_fraction < 1:
+        take = max(1, math.ceil(data_fraction * len(train_products)))
+        train_products = rng.choice(train_products, size=take, replace=False)
+    train_rows = np.flatnonzero(np.isin(pids, train_products) & ~is_val)
+    val_rows = np.flatnonzero(is_val)
+    return fit_head(
+        data.subset(train_rows), data.subset(val_rows) if len(val_rows) else None,
+        loss=loss, hidden=config.hidden, dropout=config.dropout, lr=config.lr,  # type: ignore[arg-type]
+        batch_size=config.batch_size, weight_decay=config.weight_decay,
+        max_epochs=config.max_epochs, patience=config.patience,
+        listwise_weight=listwise_weight, seed=seed,
+    )
+
+
+def train_pairing(
+    products: Sequence[Product], config: PairingConfig, *, backbone: Backbone | None = None,
+    cache_dir: str | os.PathLike[str] | None = None, problems: ProblemLog | None = None,
+    progress: bool = True, features: ProductFeatures | None = None,
+) -> PairingModel:
+    """Learn the label vocabulary, the bag of tagger heads and the colour baseline."""
+    config.validate()
+    problems = problems if problems is not None else ProblemLog()
+    products = [p for p in products if p.labelled]
+    if not products:
+        raise EmitError("no product has tagged images; training needs imgs_tags filled in")
+    backbone = backbone or create_backbone(config.backbone, weights=config.weights)
+    vocab = build_vocab([t for p in products for t in p.optional_tags],
+                        config.min_count, config.top_k)
+    if not vocab.labels:
+        raise EmitError(f"no label occurs {config.min_count} times in the training tags; "
+                        "lower --min-count or train on more products")
+    pf = features or extract_product_features(products, backbone, cache_dir=cache_dir,
+                                              hflip_tta=config.hflip_tta, problems=problems,
+                                              progress=progress)
+    inputs = with_product_context(pf.features, pf.groups) if config.product_context else pf.features
+    data, pids = labelled_rows(pf, inputs, vocab.encode_many)
+
+    members: list[Member] = []
+    n_labels = len(vocab.labels)
+    for k in range(config.bag_size):
+        seed = config.seed + k
+        rng = np.random.default_rng(seed + 10_000)
+        if config.bag_size > 1 and config.bag_label_fraction < 1:
+            take = max(1, math.ceil(config.bag_label_fraction * n_labels))
+            label_ids = np.sort(rng.choice(n_labels, size=take, replace=False))
+        else:
+            label_ids = np.arange(n_labels)
+        fraction = config.bag_data_fraction if config.bag_size > 1 else 1.0
+        result = _fit(config, data.select_labels(label_ids), pids, seed, loss=config.loss,
+                      listwise_weight=config.listwise_weight, data_fraction=fraction)
+        log.info("member %d: %d labels, best epoch %d of %d", k, len(label_ids),
+                 result.best_epoch, result.epochs)
+        members.append(Member(label_ids, result.head, seed, _curves(result)))
+
+    baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
+    baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
+                    data_fraction=1.0).head
+    return PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim)
+
+
+def _curves(result: FitResult) -> dict:
+    return {"epochs": result.epochs, "best_epoch": result.best_epoch,
+            "train_loss": [round(v, 5) for v in result.train_loss],
+            "val_loss": [round(v, 5) for v in result.val_loss]}
+
+
+@dataclass
+class ProductDecision:
+    product_id: str
+    tags: list[str | None]  # None for an unreadable image
+    confidence: list[float | None]  # softmax over the product's tags of the chosen tag
+    cost: np.ndarray  # (readable images, tags) mean cost over the bag
+    baseline_tags: list[str | None] = field(default_factory=list)
+
+
+def predict_pairing(
+    model: PairingModel, pf: ProductFeatures, *, assign_mode: AssignMode | None = None,
+    combine_mode: CombineMode | None = None, baseline: bool = True,
+) -> list[ProductDecision]:
+    """Decide every product. All heads run once over all images; products are then solved one by one."""
+    inputs = model.inputs(pf.features, pf.groups)
+    logits = model.member_logits(inputs)
+    base_logits = model.baseline.logits(inputs) if (baseline and model.baseline is not None) else None
+    scale = LISTWISE_TEMPERATURE if model.config.loss == "bce" else 1.0
+    out: list[ProductDecision] = []
+    for product, rows in zip(pf.products, pf.rows, strict=True):
+        readable = [r for r in rows if r is not None]
+        tags: list[str | None] = [None] * len(rows)
+        conf: list[float | None] = [None] * len(rows)
+        base: list[str | None] = [None] * len(rows)
+        cost = np.zeros((0, len(product.optional_tags)))
+        if readable:
+            choice, cost = model.decide([z[readable] for z in logits], product.optional_tags,
+                                        assign_mode, combine_mode)
+            prob = _softmax(-cost / scale)
+            base_choice = (model.baseline_decide(base_logits[readable], product.optional_tags,
+                                                 assign_mode) if base_logits is not None else None)
+            slots = [i for i, r in enumerate(rows) if r is not None]
+            for j, i in enumerate(slots):
+                tags[i] = product.optional_tags[choice[j]]
+                conf[i] = float(prob[j, choice[j]])
+                if base_choice is not None:
+                    base[i] = product.optional_tags[base_choice[j]]
+        out.append(ProductDecision(product.product_id, tags, conf, cost, base))
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_backbone(model: PairingModel, backbone: Backbone) -> None:
+    """Refuse features from a different backbone than the model was trained on."""
+    if backbone.identity != model.backbone_identity:
+        raise EmitError(
+            f"the backbone {backbone.name!r} (weights {backbone.identity.get('weights')}) differs from "
+            f"the one the model was trained with ({model.backbone_identity.get('name')!r}, weights "
+            f"{model.backbone_identity.get('weights')}); use the same --weights or retrain")

@@ -1,0 +1,193 @@
+"""The multi-label tagger: a head over image features that predicts semantic labels.
+
+Training follows EMIT (multi-label targets from the tag embedding, BCE or soft-target
+cross-entropy, Adam) with two additions that we measured to help on catalogue data
+(see docs/pairing.md):
+
+* product context -- each image's features are concatenated with their difference from the
+  mean of the product's images, so the head can see "bluer than its siblings";
+* a listwise term -- the cost of every candidate tag of the image's own product goes through a
+  softmax, and the true tag's cross-entropy is added to the loss. It trains the head for the
+  decision it is used for: ranking a product's own tags.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emit.pairing.cost import LossName, tag_costs
+
+log = logging.getLogger("emit")
+
+LISTWISE_TEMPERATURE = 0.05  # BCE costs are means over labels, so differences are small
+
+
+def with_product_context(features: np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Append each row's difference from the mean of the rows in its group (its product)."""
+    features = np.asarray(features, dtype=np.float32)
+    groups = np.asarray(groups)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), features.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, features)
+    means = (sums / counts[:, None]).astype(np.float32)
+    return np.concatenate([features, features - means[inverse]], axis=1)
+
+
+class TaggerHead(nn.Module):
+    """Standardise features, then a one-hidden-layer MLP (or a linear layer) to label logits."""
+
+    def __init__(self, in_dim: int, n_labels: int, hidden: int = 512, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.in_dim, self.n_labels, self.hidden, self.dropout = in_dim, n_labels, hidden, dropout
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        if hidden > 0:
+            self.net: nn.Module = nn.Sequential(
+                nn.Dropout(dropout / 3), nn.Linear(in_dim, hidden), nn.ReLU(),
+                nn.Dropout(dropout), nn.Linear(hidden, n_labels),
+            )
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout / 3), nn.Linear(in_dim, n_labels))
+
+    def fit_standardisation(self, x: np.ndarray) -> None:
+        self.mean.copy_(torch.from_numpy(x.mean(axis=0)))
+        self.std.copy_(torch.from_numpy(x.std(axis=0) + 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.eval()
+        with torch.no_grad():
+            return self(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+
+
+@dataclass
+class LabelledImages:
+    """Training rows: features, multi-hot target, and the product's candidate tags."""
+
+    features: np.ndarray  # (N, D) float32, already with product context if used
+    targets: np.ndarray  # (N, K) multi-hot of the true tag
+    candidates: np.ndarray  # (N, M, K) multi-hot of the product's optional tags, zero-padded
+    candidate_mask: np.ndarray  # (N, M) bool
+    true_index: np.ndarray  # (N,) index of the true tag among the candidates
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def subset(self, rows: np.ndarray) -> LabelledImages:
+        return LabelledImages(self.features[rows], self.targets[rows], self.candidates[rows],
+                              self.candidate_mask[rows], self.true_index[rows])
+
+    def select_labels(self, label_ids: np.ndarray) -> LabelledImages:
+        """Keep some label columns (bagging); a tag left with no label moves to "other"."""
+        return LabelledImages(self.features, restrict_labels(self.targets, label_ids),
+                              restrict_labels(self.candidates, label_ids) * self.candidate_mask[..., None],
+                              self.candidate_mask, self.true_index)
+
+
+def restrict_labels(embedding: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
+    """Multi-hot over a subset of labels, recomputing the trailing "other" slot."""
+    kept = embedding[..., label_ids]
+    other = (kept.sum(axis=-1, keepdims=True) == 0).astype(embedding.dtype)
+    return np.concatenate([kept, other], axis=-1)
+
+
+@dataclass
+class FitResult:
+    head: TaggerHead
+    epochs: int
+    best_epoch: int
+    train_loss: list[float]
+    val_loss: list[float]
+
+
+def _loss(head: TaggerHead, batch: dict[str, torch.Tensor], loss: LossName,
+          listwise_weight: float) -> torch.Tensor:
+    z = head(batch["x"])
+    y = batch["y"]
+    if loss == "bce":
+        value = F.binary_cross_entropy_with_logits(z, y)
+    else:
+        q = y / y.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        value = -(q * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+    if listwise_weight > 0:
+        costs = tag_costs(z, batch["cand"], loss).masked_fill(~batch["mask"], float("inf"))
+        scale = LISTWISE_TEMPERATURE if loss == "bce" else 1.0
+        value = value + listwise_weight * F.cross_entropy(-costs / scale, batch["true"])
+    return value
+
+
+def _tensors(data: LabelledImages) -> dict[str, torch.Tensor]:
+    return {
+        "x": torch.from_numpy(data.features.astype(np.float32)),
+        "y": torch.from_numpy(data.targets.astype(np.float32)),
+        "cand": torch.from_numpy(data.candidates.astype(np.float32)),
+        "mask": torch.from_numpy(data.candidate_mask.astype(bool)),
+        "true": torch.from_numpy(data.true_index.astype(np.int64)),
+    }
+
+
+def fit_head(
+    train: LabelledImages,
+    val: LabelledImages | None,
+    *,
+    loss: LossName = "bce",
+    hidden: int = 512,
+    dropout: float = 0.3,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 1e-4,
+    max_epochs: int = 60,
+    patience: int = 10,
+    listwise_weight: float = 1.0,
+    seed: int = 0,
+) -> FitResult:
+    """Train a head with Adam; keep the weights of the epoch with the best validation loss."""
+    if len(train) == 0:
+        raise ValueError("no training images")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout masks
+    head = TaggerHead(train.features.shape[1], train.targets.shape[1], hidden, dropout)
+    head.fit_standardisation(train.features)
+    optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    tr = _tensors(train)
+    va = _tensors(val) if val is not None and len(val) else None
+    best_state, best, best_epoch, train_curve, val_curve = None, float("inf"), 0, [], []
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        head.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            value = _loss(head, {k: v[rows] for k, v in tr.items()}, loss, listwise_weight)
+            optimiser.zero_grad()
+            value.backward()
+            optimiser.step()
+            total += float(value.detach()) * len(rows)
+        train_curve.append(total / len(train))
+        if va is None:
+            continue
+        head.eval()
+        with torch.no_grad():
+            current = float(_loss(head, va, loss, listwise_weight))
+        val_curve.append(current)
+        if current < best - 1e-5:
+            best, best_epoch, best_state = current, epoch, copy.deepcopy(head.state_dict())
+        elif epoch - best_epoch >= patience:
+            break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    head.eval()
+    return FitResult(head, epoch, best_epoch, train_curve, val_curve)
