@@ -62,7 +62,9 @@ def run_row(name: str, data: Path, cache: Path, work: Path, val_fraction: float)
     if config.tune_full_model:
         from emit.pairing.finetune import finetune_backbone
 
-        backbone = finetune_backbone(train, backbone, config, work / name, problems=problems,
+        # one tuned backbone per backbone name: the bagged row reuses the single row's
+        backbone = finetune_backbone(train, backbone, config, work / f"tuned-{config.backbone}",
+                                     problems=problems,
                                      progress=False)
     t1 = time.perf_counter()
     f_train = extract_product_features(train, backbone, cache_dir=cache, hflip_tta=config.hflip_tta,

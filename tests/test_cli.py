@@ -203,8 +203,8 @@ def test_predict_missing_model_message(tmp_path, caplog):
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: PairingConfig.validate (config.py:51) does not check dropout "
-                   "(must be in [0, 1)) or weight_decay (>= 0); `emit pair train --dropout 1.5` extracts every "
-                   "feature and then dies with a torch ValueError traceback from TaggerHead/Adam")
+                   "(must be in [0, 1)) or weight_decay (>= 0); `emit pair train --dropout 1.5` extracts "
+                   "every feature and then dies with a torch ValueError traceback from TaggerHead/Adam")
 @pytest.mark.parametrize("flag", [["--dropout", "1.5"], ["--weight-decay", "-1"]])
 def test_bad_dropout_or_weight_decay_is_refused_up_front(flag):
     from emit.config import PairingConfig
