@@ -1,7 +1,7 @@
 """End to end through the command line: generate products, train, predict, evaluate.
 
-The default backbone (EfficientNet-Lite0 with bundled weights + colour histogram) runs
-offline. Training happens once per module; every test reuses the model and the feature cache.
+Run with the default backbone and with EfficientNet-Lite0 (bundled weights, offline) plus the
+colour histogram. Training happens once per backbone; the tests reuse the model and the cache.
 """
 
 from __future__ import annotations
@@ -19,14 +19,23 @@ from PIL import Image
 
 import emit.pairing.jobs as pairing_jobs
 from emit.cli import main
+from emit.config import PairingConfig
 from emit.data.synthetic import make_products
+from emit.vision.backbones import create_backbone
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIN_ACCURACY = 0.8  # the synthetic colours are easy: a working pipeline gets ~1.0
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+LITE0 = "efficientnet-lite0+colour-hist"
+BACKBONES = list(dict.fromkeys([PairingConfig().backbone, LITE0]))
+
+
+@pytest.fixture(scope="module", params=BACKBONES,
+                ids=["default" if b == PairingConfig().backbone else b for b in BACKBONES])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[dict[str, Path]]:
+    backbone = request.param
     root = tmp_path_factory.mktemp("e2e")
     paths = {
         "root": root,
@@ -36,13 +45,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         "input": make_products(root / "input", 12, seed=2, size=64, with_truth=False),
         "model": root / "model",
         "cache": root / "cache",
+        "backbone": backbone,
     }
+    chosen = [] if backbone == PairingConfig().backbone else ["--backbone", backbone]
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EMIT_CACHE_DIR", str(root / "default-cache"))  # never the user's ~/.cache
         code = main(["pair", "train", str(paths["train"]), "--out", str(paths["model"]),
                      "--cache-dir", str(paths["cache"]), "-q", "--max-epochs", "60",
-                     "--bag-size", "2", "--threads", "1"])
+                     "--bag-size", "2", "--threads", "1", *chosen])
         assert code == 0
         yield paths
     torch.set_num_threads(threads)
@@ -91,7 +102,8 @@ def test_model_folder(env):
     assert not (model / "train_problems.json").exists()
     meta = read_json(model / "model.json")
     assert meta["config"]["max_epochs"] == 60 and meta["config"]["bag_size"] == 2
-    assert meta["config"]["backbone"] == "efficientnet-lite0+colour-hist"
+    assert meta["config"]["backbone"] == env["backbone"]
+    assert meta["backbone"] == json.loads(json.dumps(create_backbone(env["backbone"]).identity))
     assert len(meta["members"]) == 2
     for member in meta["members"]:
         info = member["info"]
@@ -196,8 +208,11 @@ def test_corrupt_image_is_skipped_and_features_come_from_the_cache(env, predicte
         if p != pid:
             assert final[p] == first[p]
 
-    problems = read_json(out.with_suffix(".problems.json"))
+    problem_files = sorted(env["root"].glob("final2*problems*.json"))
+    assert problem_files == [out.with_suffix(".problems.json")]
+    problems = read_json(problem_files[0])
     assert any(bad_name in (pr["where"] + pr["record"]) for pr in problems)
+    assert not list(env["root"].glob("final.*problems*.json"))  # the clean run reported nothing
     # every readable image was found in the cache: the backbone never ran
     assert forward_calls == []
     assert count_rows(cache_files[0]) == rows_before

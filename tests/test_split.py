@@ -179,9 +179,6 @@ def test_cli_split_missing_data(tmp_path, caplog):
     assert not (tmp_path / "s.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: emit split does not validate --val-fraction; split_ids raises a "
-                   "bare ValueError (split.py:22) that main() does not catch, so the user gets a traceback "
-                   "and exit code 1 instead of a message and exit code 2")
 @pytest.mark.parametrize("fraction", ["1", "1.5", "-0.2"])
 def test_cli_split_bad_fraction_is_a_clean_error(tmp_path, caplog, fraction):
     data = make_data(tmp_path / "data", n=2)

@@ -43,6 +43,7 @@ _TRAIN_FLAGS: dict[str, str] = {
     "hidden": "hidden width of the head (0 = linear)",
     "dropout": "dropout in the head",
     "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
     "batch_size": "batch size",
     "max_epochs": "maximum epochs per head",
     "patience": "stop after this many epochs without a better validation loss",

@@ -60,7 +60,12 @@ class PairingConfig:
             (0 < self.bag_data_fraction <= 1, "bag_data_fraction must be in (0, 1]"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
             (self.batch_size >= 1 and self.max_epochs >= 1, "batch_size, max_epochs must be >= 1"),
-            (self.lr > 0, "lr must be positive"),
+            (self.lr > 0 and self.finetune_lr > 0, "lr and finetune_lr must be positive"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.hidden >= 0 and self.min_count >= 1 and self.top_k >= 1,
+             "hidden must be >= 0, min_count and top_k >= 1"),
+            (self.patience >= 1 and self.finetune_epochs >= 0, "patience must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

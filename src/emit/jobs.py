@@ -23,6 +23,8 @@ def split_job(data: str | os.PathLike[str], out: str | os.PathLike[str], *, val_
 
     The user's files are never moved: folders are linked or copied into ``into``.
     """
+    if not 0 <= val_fraction < 1:
+        raise EmitError(f"--val-fraction {val_fraction} is outside [0, 1); give e.g. 0.2")
     products, problems = read_products(data, require_images=False)
     ids = [p.product_id for p in products]
     train, val = split_ids(ids, val_fraction, seed)

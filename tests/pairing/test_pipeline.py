@@ -198,11 +198,6 @@ def val_only_products() -> ProductFeatures:
     return pf
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pipeline._fit (pipeline.py:97-112) holds out products by hash "
-                   "without checking that any are left for training; when all of them hash into "
-                   "validation, train_pairing raises a bare ValueError (fit_head 'no training images', or "
-                   "numpy rng.choice on an empty array when bag_data_fraction < 1) instead of an EmitError "
-                   "or training without the hold-out, and `emit pair train` shows a traceback")
 @pytest.mark.parametrize("bag_size", [1, 3])
 def test_training_when_every_product_is_held_out(bag_size):
     pf = val_only_products()

@@ -95,7 +95,10 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     return {"predictions": str(out), "baseline": str(baseline_path(out)),
             "products": len(products), "images": sum(len(p.images) for p in products),
             "unassigned_images": unreadable, "problems": len(problems),
-            "assign": assign or model.config.assign, "combine": combine or model.config.bag_combine,
+            # the paper's vote is per-image argmin, so it has no assignment mode of its own
+            "assign": ("argmin (vote)" if (combine or model.config.bag_combine) == "vote"
+                       else assign or model.config.assign),
+            "combine": combine or model.config.bag_combine,
             "seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -98,6 +98,11 @@ def _fit(config: PairingConfig, data: LabelledImages, pids: np.ndarray, seed: in
          loss: str, listwise_weight: float, data_fraction: float) -> FitResult:
     """Hold out products (by hash) for early stopping, subsample the rest, and fit a head."""
     is_val = np.array([in_validation(p, config.val_fraction, seed) for p in pids], dtype=bool)
+    if is_val.all():
+        # Too few products for a hold-out (it is drawn by hash): train on all, no early stopping.
+        log.warning("all %d training products fell in the validation hold-out; training on all "
+                    "of them for max_epochs without early stopping", len(np.unique(pids)))
+        is_val[:] = False
     rng = np.random.default_rng(seed)
     train_products = np.unique(pids[~is_val])
     if data_fraction < 1:
@@ -163,7 +168,8 @@ def train_pairing(
 def _curves(result: FitResult) -> dict:
     return {"epochs": result.epochs, "best_epoch": result.best_epoch,
             "train_loss": [round(v, 5) for v in result.train_loss],
-            "val_loss": [round(v, 5) for v in result.val_loss]}
+            "val_loss": [round(v, 5) for v in result.val_loss],
+            "val_top1": [round(v, 4) for v in result.val_top1]}
 
 
 @dataclass

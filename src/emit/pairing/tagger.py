@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -108,10 +109,12 @@ class FitResult:
     best_epoch: int
     train_loss: list[float]
     val_loss: list[float]
+    val_top1: list[float] = field(default_factory=list)  # share of val images whose tag ranks first
 
 
 def _loss(head: TaggerHead, batch: dict[str, torch.Tensor], loss: LossName,
-          listwise_weight: float) -> torch.Tensor:
+          listwise_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss, and per image whether its true tag is its product's cheapest."""
     z = head(batch["x"])
     y = batch["y"]
     if loss == "bce":
@@ -119,11 +122,11 @@ def _loss(head: TaggerHead, batch: dict[str, torch.Tensor], loss: LossName,
     else:
         q = y / y.sum(dim=1, keepdim=True).clamp_min(1e-12)
         value = -(q * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+    costs = tag_costs(z, batch["cand"], loss).masked_fill(~batch["mask"], float("inf"))
     if listwise_weight > 0:
-        costs = tag_costs(z, batch["cand"], loss).masked_fill(~batch["mask"], float("inf"))
         scale = LISTWISE_TEMPERATURE if loss == "bce" else 1.0
         value = value + listwise_weight * F.cross_entropy(-costs / scale, batch["true"])
-    return value
+    return value, costs.argmin(dim=1) == batch["true"]
 
 
 def _tensors(data: LabelledImages) -> dict[str, torch.Tensor]:
@@ -151,9 +154,31 @@ def fit_head(
     listwise_weight: float = 1.0,
     seed: int = 0,
 ) -> FitResult:
-    """Train a head with Adam; keep the weights of the epoch with the best validation loss."""
+    """Train a head with Adam; keep the epoch whose validation images rank their true tag first
+    most often (ties: lower validation loss), stopping after ``patience`` epochs without one."""
     if len(train) == 0:
         raise ValueError("no training images")
+    with _one_thread():
+        return _fit_head(train, val, loss=loss, hidden=hidden, dropout=dropout, lr=lr,
+                         batch_size=batch_size, weight_decay=weight_decay, max_epochs=max_epochs,
+                         patience=patience, listwise_weight=listwise_weight, seed=seed)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """A head is far too small to gain from threads, and with the other core busy two torch
+    threads ran it about 20x slower here; so train on one and restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_head(train: LabelledImages, val: LabelledImages | None, *, loss: LossName, hidden: int,
+              dropout: float, lr: float, batch_size: int, weight_decay: float, max_epochs: int,
+              patience: int, listwise_weight: float, seed: int) -> FitResult:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     head = TaggerHead(train.features.shape[1], train.targets.shape[1], hidden, dropout)
@@ -161,7 +186,10 @@ def fit_head(
     optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     tr = _tensors(train)
     va = _tensors(val) if val is not None and len(val) else None
-    best_state, best, best_epoch, train_curve, val_curve = None, float("inf"), 0, [], []
+    best_state, best, best_epoch = None, (-1.0, float("inf")), 0
+    train_curve: list[float] = []
+    val_curve: list[float] = []
+    val_hits: list[float] = []
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         head.train()
@@ -169,7 +197,7 @@ def fit_head(
         total = 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            value = _loss(head, {k: v[rows] for k, v in tr.items()}, loss, listwise_weight)
+            value, _ = _loss(head, {k: v[rows] for k, v in tr.items()}, loss, listwise_weight)
             optimiser.zero_grad()
             value.backward()
             optimiser.step()
@@ -179,9 +207,13 @@ def fit_head(
             continue
         head.eval()
         with torch.no_grad():
-            current = float(_loss(head, va, loss, listwise_weight))
-        val_curve.append(current)
-        if current < best - 1e-5:
+            value, hit = _loss(head, va, loss, listwise_weight)
+        val_curve.append(float(value))
+        val_hits.append(float(hit.float().mean()))
+        # Select on what the head is for -- ranking each image's own product tags -- with the
+        # loss only to break ties: noisy catalogue labels make the loss a poor guide alone.
+        current = (val_hits[-1], -val_curve[-1])
+        if current > best:
             best, best_epoch, best_state = current, epoch, copy.deepcopy(head.state_dict())
         elif epoch - best_epoch >= patience:
             break
@@ -190,4 +222,4 @@ def fit_head(
     else:
         best_epoch = epoch
     head.eval()
-    return FitResult(head, epoch, best_epoch, train_curve, val_curve)
+    return FitResult(head, epoch, best_epoch, train_curve, val_curve, val_hits)
