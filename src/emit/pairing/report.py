@@ -241,11 +241,24 @@ def write_report(report: Mapping[str, Any], out_dir_or_prefix: str | os.PathLike
 
 
 @functools.lru_cache(maxsize=1)
+def _register_packaged_cjk_font(font_manager: Any) -> None:
+    """Noto Sans CJK ships as a PyPI dependency (cvttf-notosanscjk-regular), so plots show
+    Chinese tags on machines without system CJK fonts; matplotlib does not look there itself."""
+    try:
+        import cvttf_NotoSansCJK_Regular as packaged
+    except ImportError:
+        return
+    path = Path(packaged.__file__).with_name("NotoSansCJKtc-Regular.otf")
+    if path.is_file() and all(f.fname != str(path) for f in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(str(path))
+
+
 def cjk_font() -> str | None:
     """Name of a font matplotlib can use for Chinese tags, or None if none is installed."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
+    _register_packaged_cjk_font(font_manager)
     fonts = font_manager.fontManager.ttflist
     names = {f.name for f in fonts}
     for family in CJK_FAMILIES:
