@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from emit.config import PairingConfig
 from emit.data.products import Product
@@ -22,13 +20,6 @@ COLOURS = ["黑色", "白色", "红色", "蓝色", "绿色"]
 DIM = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Small heads with 2 intra-op threads crawl when the other core is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_features(n_products: int, seed: int, *, labelled: bool = True) -> ProductFeatures:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,12 +28,6 @@ PROTOS = np.random.default_rng(0).normal(0, 1, (len(COLOURS), DIM)).astype(np.fl
 STAND_IN = SimpleNamespace(identity={"name": "stand-in"}, dim=DIM, name="stand-in")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(specs: list[tuple[list[int], list[int]]], seed: int = 0, unreadable: frozenset = frozenset(),

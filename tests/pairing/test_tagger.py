@@ -1,4 +1,3 @@
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,16 +12,6 @@ from emit.pairing.tagger import (
     restrict_labels,
     with_product_context,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Small heads with 2 intra-op threads crawl when the other core is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---- product context ---------------------------------------------------------------------
 

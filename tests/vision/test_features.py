@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,6 @@ from torch import nn
 from emit.problems import ProblemLog
 from emit.vision.backbones import Backbone, create_backbone
 from emit.vision.features import FeatureCache, extract_features, feature_key
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    # Small tensor ops with 2 intra-op threads crawl when the other core is busy.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Counting(nn.Module):

@@ -1,0 +1,41 @@
+"""Symmetric InfoNCE (CLIP-style) loss over a batch of (text, image) pairs.
+
+Logits are cosine similarities divided by ``temperature``. Text i is classified against the
+batch's images with its own image as the target, and image i against the texts likewise; the
+two cross-entropies are averaged. Other pairs with the same image id (several captions of one
+picture) are masked out of the softmax: they are neither the target nor a negative.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from emit.retrieval.distances import IdsLike, Reduction, cosine_similarity_matrix, positive_mask, reduce_loss
+
+
+def infonce_loss(
+    text: torch.Tensor,
+    image: torch.Tensor,
+    image_ids: IdsLike | None = None,
+    temperature: float | torch.Tensor = 0.07,
+    *,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """InfoNCE loss for (B, D) texts and the (B, D) images of the same B pairs.
+
+    ``temperature`` may be a learnable scalar tensor (CLIP learns its log). Per pair:
+    ``(CE_text->image + CE_image->text) / 2``.
+    """
+    if text.shape != image.shape:
+        raise ValueError(f"expected text and image of one (B, D) shape, got {tuple(text.shape)}, {tuple(image.shape)}")
+    if not isinstance(temperature, torch.Tensor) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = cosine_similarity_matrix(text, image) / temperature
+    n = logits.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    others = positive_mask(n, image_ids, logits.device) & ~eye  # same image, not the target
+    logits = logits.masked_fill(others, float("-inf"))  # the diagonal stays finite
+    t2i = -F.log_softmax(logits, dim=1).diagonal()
+    i2t = -F.log_softmax(logits, dim=0).diagonal()
+    return reduce_loss((t2i + i2t) / 2, reduction)
