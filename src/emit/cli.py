@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_pair_train)
 
     p = pair_sub.add_parser("predict", parents=[common, data_flags],
-                            help="fill imgs_tags for products; writes final_json.json")
+                            help="fill imgs_tags for products; writes final_json.json",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="model folder from `emit pair train`")
     p.add_argument("data", help="folder of product folders, or a combined test_all.json")
     p.add_argument("--out", default="final_json.json", help="predictions file")
@@ -200,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="report prefix (default: <predictions>_report)")
     e.set_defaults(func=cmd_pair_evaluate)
 
-    s = sub.add_parser("split", parents=[common], help="deterministic product-level train/val split")
+    s = sub.add_parser("split", parents=[common], help="deterministic product-level train/val split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("data", help="folder of product folders, or a combined *_all.json")
     s.add_argument("--out", default="split.json", help="where to write the lists of product ids")
     s.add_argument("--val-fraction", type=float, default=0.2, help="share of products in val")
@@ -212,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     labels = sub.add_parser("labels", help="label vocabulary tools")
     labels_sub = labels.add_subparsers(dest="labels_command", required=True)
-    ls = labels_sub.add_parser("stats", parents=[common], help="vocabulary and coverage of a tag corpus")
+    ls = labels_sub.add_parser("stats", parents=[common], help="vocabulary and coverage of a tag corpus",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ls.add_argument("tags", help="products (folder or *_all.json) or a text file with one tag per line")
     ls.add_argument("--min-count", type=int, default=5, help="drop rarer labels")
     ls.add_argument("--top-k", type=int, default=64, help="keep at most this many labels")
@@ -221,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_labels_stats)
 
-    d = sub.add_parser("demo", parents=[common], help="generate products, train, predict, evaluate")
+    d = sub.add_parser("demo", parents=[common], help="generate products, train, predict, evaluate",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--out", default="demo-out", help="folder for the data, model and report")
     d.add_argument("--products", type=int, default=120, help="number of generated products")
     d.add_argument("--seed", type=int, default=0, help="random seed")
