@@ -187,3 +187,16 @@ def test_cli_split_bad_fraction_is_a_clean_error(tmp_path, caplog, fraction):
                      "--threads", "1"])
     assert code == 2
     assert "fraction" in caplog.text
+
+
+def test_cli_split_move_only_when_asked(tmp_path):
+    from emit.cli import main
+    from emit.data.synthetic import make_products
+
+    data = make_products(tmp_path / "data", 6, seed=2, size=32)
+    ids = sorted(p.name for p in data.iterdir())
+    assert main(["split", str(data), "--out", str(tmp_path / "s.json"), "--val-fraction", "0.5",
+                 "--materialise", "move", "--into", str(tmp_path / "parts"), "-q"]) == 0
+    moved = sorted(p.name for part in ("train", "val") for p in (tmp_path / "parts" / part).iterdir())
+    assert moved == ids and not any(data.iterdir())
+    assert not any(p.is_symlink() for p in (tmp_path / "parts").rglob("*"))

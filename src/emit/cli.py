@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="split.json", help="where to write the lists of product ids")
     s.add_argument("--val-fraction", type=float, default=0.2, help="share of products in val")
     s.add_argument("--seed", type=int, default=0, help="seed of the hash that assigns products")
-    s.add_argument("--materialise", choices=["none", "symlink", "copy"], default="none",
-                   help="also build train/ and val/ folders (your files are never moved)")
+    s.add_argument("--materialise", choices=["none", "symlink", "copy", "move"], default="none",
+                   help="also build train/ and val/ folders; only 'move' moves your files")
     s.add_argument("--into", default=None, help="folder for train/ and val/ (with --materialise)")
     s.set_defaults(func=cmd_split)
 

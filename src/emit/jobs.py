@@ -17,11 +17,12 @@ from emit.text.labels import LabelVocab, build_vocab, count_labels, coverage
 
 
 def split_job(data: str | os.PathLike[str], out: str | os.PathLike[str], *, val_fraction: float = 0.2,
-              seed: int = 0, materialise: Literal["none", "symlink", "copy"] = "none",
+              seed: int = 0, materialise: Literal["none", "symlink", "copy", "move"] = "none",
               into: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Write ``{"train": [...], "val": [...]}``; optionally build train/ and val/ folders.
 
-    The user's files are never moved: folders are linked or copied into ``into``.
+    The user's files are only moved with ``materialise="move"``; otherwise folders are
+    linked or copied into ``into``.
     """
     if not 0 <= val_fraction < 1:
         raise EmitError(f"--val-fraction {val_fraction} is outside [0, 1); give e.g. 0.2")
@@ -53,6 +54,8 @@ def _materialise(products: list[Product], dest: Path, how: str) -> None:
                             f"{how}; use --materialise none")
         if how == "symlink":
             target.symlink_to(p.folder.resolve(), target_is_directory=True)
+        elif how == "move":
+            shutil.move(str(p.folder), str(target))
         else:
             tmp = dest / f".{p.product_id}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
