@@ -86,14 +86,14 @@ def anchor_distances(
     negative that counts (as returned by :func:`emit.retrieval.mining.mine_negatives`).
     """
     if text.ndim != 2 or pos.shape != text.shape:
-        raise ValueError(f"expected text and pos of one (B, D) shape, got {tuple(text.shape)}, {tuple(pos.shape)}")
+        raise ValueError(f"expected (B, D) text and pos, got {tuple(text.shape)}, {tuple(pos.shape)}")
     if neg.ndim == 2:
         neg = neg.unsqueeze(1)
     if neg.ndim != 3 or neg.shape[0] != text.shape[0] or neg.shape[2] != text.shape[1]:
         raise ValueError(f"expected neg of shape (B, N, D) or (B, D), got {tuple(neg.shape)}")
     valid = torch.ones(neg.shape[:2], dtype=torch.bool, device=neg.device) if mask is None else mask
     if valid.dtype != torch.bool or valid.shape != neg.shape[:2]:
-        raise ValueError(f"mask must be bool of shape {tuple(neg.shape[:2])}, got {valid.dtype} {tuple(valid.shape)}")
+        raise ValueError(f"mask must be bool {tuple(neg.shape[:2])}, got {valid.dtype} {tuple(valid.shape)}")
     return rowwise_sq_dist(text, pos), rowwise_sq_dist(text.unsqueeze(1), neg), valid
 
 

@@ -27,8 +27,8 @@ def infonce_loss(
     ``temperature`` may be a learnable scalar tensor (CLIP learns its log). Per pair:
     ``(CE_text->image + CE_image->text) / 2``.
     """
-    if text.shape != image.shape:
-        raise ValueError(f"expected text and image of one (B, D) shape, got {tuple(text.shape)}, {tuple(image.shape)}")
+    if text.ndim != 2 or text.shape != image.shape:
+        raise ValueError(f"expected (B, D) text and image, got {tuple(text.shape)}, {tuple(image.shape)}")
     if not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = cosine_similarity_matrix(text, image) / temperature

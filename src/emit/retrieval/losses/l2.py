@@ -14,5 +14,5 @@ from emit.retrieval.distances import Reduction, reduce_loss, rowwise_sq_dist
 def l2_loss(text: torch.Tensor, pos: torch.Tensor, *, reduction: Reduction = "mean") -> torch.Tensor:
     """Mean (by default) over the batch of ``||t_i - v_i||^2`` for (B, D) texts and images."""
     if text.ndim != 2 or pos.shape != text.shape:
-        raise ValueError(f"expected text and pos of one (B, D) shape, got {tuple(text.shape)}, {tuple(pos.shape)}")
+        raise ValueError(f"expected (B, D) text and pos, got {tuple(text.shape)}, {tuple(pos.shape)}")
     return reduce_loss(rowwise_sq_dist(text, pos), reduction)

@@ -21,8 +21,8 @@ def patr_loss(
     pos: torch.Tensor,
     neg: torch.Tensor,
     margin: float = 1.0,
-    *,
     mask: torch.Tensor | None = None,
+    *,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """PATR loss of (B, D) texts against their (B, D) positive images and (B, N, D) negatives.

@@ -54,8 +54,8 @@ def vse_loss(
     loss is the sum of both directions' hinges; VSE++ sums over the batch, here ``reduction``
     defaults to the mean so the scale does not depend on the batch size.
     """
-    if text.shape != image.shape:
-        raise ValueError(f"expected text and image of one (B, D) shape, got {tuple(text.shape)}, {tuple(image.shape)}")
+    if text.ndim != 2 or text.shape != image.shape:
+        raise ValueError(f"expected (B, D) text and image, got {tuple(text.shape)}, {tuple(image.shape)}")
     scores = score_matrix(text, image, similarity)
     pos = positive_mask(text.shape[0], image_ids, scores.device)
     masked = scores.masked_fill(pos, float("-inf"))
