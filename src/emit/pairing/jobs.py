@@ -122,26 +122,32 @@ def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
 
 
 def _plot_curves(model: PairingModel, path: Path) -> Path:
-    """Training and validation loss of every bag member, as a PNG beside the model."""
+    """Loss (log scale) and validation top-1 of every bag member, as a PNG beside the model."""
+    import io
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    loss_ax, top1_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for k, member in enumerate(model.members):
         info = member.info
-        (line,) = ax.plot(info.get("train_loss", []), label=f"member {k} train", alpha=0.8)
+        (line,) = loss_ax.plot(info.get("train_loss", []), label=f"member {k} train")
+        colour = line.get_color()
         if info.get("val_loss"):
-            ax.plot(info["val_loss"], "--", color=line.get_color(), label=f"member {k} val")
-            ax.axvline(info["best_epoch"] - 1, color=line.get_color(), alpha=0.3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("pairing heads: loss per epoch (dashed: validation; line: kept epoch)")
-    ax.legend(fontsize=7, ncol=2)
+            loss_ax.plot(info["val_loss"], "--", color=colour, label=f"member {k} val")
+        if info.get("val_top1"):
+            top1_ax.plot(info["val_top1"], color=colour, label=f"member {k}")
+            top1_ax.axvline(info["best_epoch"] - 1, color=colour, alpha=0.3)
+    loss_ax.set_yscale("log")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (dashed: validation)")
+    top1_ax.set(xlabel="epoch", ylabel="share", ylim=(0, 1.02),
+                title="validation images whose tag ranks first\n(vertical line: kept epoch)")
+    for ax in (loss_ax, top1_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return atomic_write_bytes(path, buf.getvalue())

@@ -59,8 +59,13 @@ class TaggerHead(nn.Module):
             self.net = nn.Sequential(nn.Dropout(dropout / 3), nn.Linear(in_dim, n_labels))
 
     def fit_standardisation(self, x: np.ndarray) -> None:
+        std = x.std(axis=0)
+        # Histogram bins that are (almost) always empty in training have ~0 spread; dividing
+        # by it turns one unusual test colour into a huge input. Floor it at a tenth of the
+        # typical spread.
+        floor = max(0.1 * float(np.median(std)), 1e-6)
         self.mean.copy_(torch.from_numpy(x.mean(axis=0)))
-        self.std.copy_(torch.from_numpy(x.std(axis=0) + 1e-6))
+        self.std.copy_(torch.from_numpy(np.maximum(std, floor).astype(np.float32)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
