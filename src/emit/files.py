@@ -54,21 +54,27 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     return atomic_write_text(path, text + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a UTF-8 JSON file, turning decoding errors into an :class:`EmitError` that says where."""
+def read_text(path: str | os.PathLike[str]) -> str:
+    """Read a UTF-8 text file (a BOM is tolerated); a clear :class:`EmitError` names the file."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise EmitError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:
-        text = raw.decode("utf-8-sig")  # tolerate a BOM, as written by some Windows tools
+        return raw.decode("utf-8-sig")  # tolerate a BOM, as written by some Windows tools
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1  # say where, like the JSON error below
         raise EmitError(
             f"{path}: not UTF-8 at line {line} (byte {exc.start}: "
             f"{raw[exc.start:exc.start + 4]!r}); re-save the file as UTF-8"
         ) from exc
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a UTF-8 JSON file, turning decoding errors into an :class:`EmitError` that says where."""
+    path = Path(path)
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

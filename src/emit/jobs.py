@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from emit.config import PairingConfig
 from emit.data.products import Product, read_products
-from emit.files import atomic_write_json
+from emit.files import atomic_write_json, read_text
 from emit.problems import EmitError
 from emit.split import split_ids
 from emit.text.labels import LabelVocab, build_vocab, count_labels, coverage
@@ -67,10 +67,7 @@ def read_tag_corpus(path: str | os.PathLike[str]) -> tuple[list[str], int]:
     """Tags from products (folder or *_all.json), or from a text file with one tag per line."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() in {".txt", ".tsv", ".csv"}:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise EmitError(f"{path}: not UTF-8; re-save the file as UTF-8") from exc
+        lines = read_text(path).splitlines()
         return [t.strip() for t in lines if t.strip()], 0
     products, _ = read_products(path, require_images=False)
     return [t for p in products for t in p.optional_tags], len(products)

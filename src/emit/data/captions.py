@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from emit.files import read_json
+from emit.files import read_json, read_text
 from emit.problems import EmitError, ProblemLog
 
 FORMATS = ("jsonl", "csv", "flickr8k", "coco", "pascal", "clicks")
@@ -90,23 +90,6 @@ def resolve_image(name: Any, base: PathLike) -> Path | None:
     if not name or "\x00" in name:
         return None
     return Path(os.path.abspath(Path(base) / name))  # abspath also normalises "a/../b"
-
-
-def read_text(path: PathLike) -> str:
-    """Read a UTF-8 text file (a BOM is tolerated); clear :class:`EmitError` naming the file."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise EmitError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise EmitError(
-            f"{path}: not UTF-8 at line {line} (byte {exc.start}: "
-            f"{raw[exc.start:exc.start + 4]!r}); re-save the file as UTF-8"
-        ) from exc
 
 
 def _require_lines(path: Path, text: str) -> str:
