@@ -1,0 +1,390 @@
+"""Nearest-neighbour search over image embeddings with FAISS (``pip install faiss-cpu``).
+
+``build_index(vectors, ids, kind, metric, **params)`` returns a :class:`SearchIndex`:
+
+* ``kind="exact"`` (default): ``IndexFlatL2`` / ``IndexFlatIP``, brute force, exact;
+* ``kind="ivf"``: ``faiss.index_factory("IVF{nlist},Flat")``, trained by k-means on the
+  vectors; ``nlist`` defaults to about ``4 sqrt(N)`` (at most N / 39, FAISS's minimum of
+  training points per list) and ``nprobe`` (lists visited per query) to ``max(8, nlist / 8)``;
+* ``kind="hnsw"``: ``"HNSW{M}"`` (``M=32``), ``ef_construction=40``, ``ef_search=64``;
+* any kind with ``factory="..."``: that ``index_factory`` string instead (e.g. ``"IVF64,PQ16"``).
+
+``metric="l2"`` scores are *squared* Euclidean distances (lower is nearer), the paper's distance;
+``metric="ip"`` scores are inner products (higher is nearer; cosine on L2-normalised vectors).
+
+:func:`recall_against_exact` measures what an approximate index loses. ``SearchIndex.save``
+writes ``index.faiss`` and the manifest ``index.json`` (ids, kind, metric, dim, parameters, the
+image backbone's and text encoder's identities, versions, and the sha256 of the index file);
+:func:`load_index` refuses an index built for another backbone or text encoder, naming what
+differs. The encoder identity is opaque here: a retrieval model that also projects the image
+side should pass one dict covering both (e.g. ``{"text": ..., "image_projection": ...}``).
+
+FAISS runs on all cores through OpenMP; call ``faiss.omp_set_num_threads(n)`` to share them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emit.config import versions
+from emit.files import atomic_write_bytes, atomic_write_json, read_json
+from emit.problems import EmitError
+
+INDEX_FILE, MANIFEST_FILE = "index.faiss", "index.json"
+FORMAT_VERSION = 1
+KINDS = ("exact", "ivf", "hnsw")
+METRICS = ("l2", "ip")
+FAISS_PACKAGE = "faiss-cpu"
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise EmitError(f"nearest-neighbour search needs FAISS: pip install {FAISS_PACKAGE}") from exc
+    return faiss
+
+
+def _metric_code(metric: str) -> int:
+    faiss = _faiss()
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _as_matrix(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """float32, C-contiguous, 2-D (a single vector becomes one row), finite."""
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise EmitError(f"{what} must be a (N, D) matrix, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise EmitError(f"{what} have {arr.shape[1]} dimensions but the index has {dim}; "
+                        "the queries come from another model than the index")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr).all(axis=1)).sum())
+        raise EmitError(f"{what}: {bad} row(s) hold NaN or infinite values")
+    return np.ascontiguousarray(arr)
+
+
+@dataclass
+class SearchIndex:
+    """A FAISS index, the id of each of its rows, and what it was built from."""
+
+    index: Any  # faiss.Index
+    ids: list[str]
+    kind: str
+    metric: str
+    params: dict[str, Any] = field(default_factory=dict)
+    backbone: dict[str, Any] | None = None
+    encoder: dict[str, Any] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "ip"
+
+    def tune(self, *, nprobe: int | None = None, ef_search: int | None = None) -> SearchIndex:
+        """Set search-time effort: IVF lists visited, HNSW candidate list size. Returns self."""
+        faiss = _faiss()
+        if nprobe is not None:
+            ivf = faiss.try_extract_index_ivf(self.index)
+            if ivf is None:
+                raise EmitError(f"nprobe applies to IVF indexes, not to {self.params.get('factory')!r}")
+            ivf.nprobe = max(1, min(int(nprobe), int(ivf.nlist)))
+            self.params["nprobe"] = int(ivf.nprobe)
+        if ef_search is not None:
+            hnsw = _hnsw_of(self.index)
+            if hnsw is None:
+                raise EmitError(f"ef_search applies to HNSW indexes, not to {self.params.get('factory')!r}")
+            hnsw.efSearch = max(1, int(ef_search))
+            self.params["ef_search"] = int(hnsw.efSearch)
+        return self
+
+    def search_positions(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)``, both ``(Q, min(k, N))``, nearest first; row -1 marks no result
+        (an approximate index may find fewer than k), with score +inf (l2) or -inf (ip)."""
+        if len(self) == 0:
+            raise EmitError("the index is empty; build it from at least one image vector")
+        if k < 1:
+            raise EmitError(f"k must be >= 1, got {k}")
+        q = _as_matrix(queries, "queries", self.dim)
+        k_eff = min(int(k), len(self))
+        if q.shape[0] == 0:
+            return np.zeros((0, k_eff), dtype=np.float32), np.zeros((0, k_eff), dtype=np.int64)
+        scores, rows = self.index.search(q, k_eff)
+        scores = np.asarray(scores, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = rows < 0
+        if missing.any():
+            scores[missing] = -np.inf if self.higher_is_better else np.inf
+        elif self.metric == "l2":
+            np.maximum(scores, 0.0, out=scores)  # rounding can give tiny negative distances
+        return scores, rows
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """``(scores (Q, min(k, N)), ids)``: ``ids[q]`` lists the hits of query q nearest first.
+
+        Scores are squared L2 distances (lower is nearer) or inner products (higher is nearer).
+        ``ids[q]`` is shorter than the score row only where an approximate index found fewer
+        than k vectors; those scores are +-inf.
+        """
+        scores, rows = self.search_positions(queries, k)
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows.tolist()]
+        return scores, ids
+
+    def vectors(self) -> np.ndarray:
+        """The stored vectors (exact for Flat storage, approximations for compressed indexes)."""
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            ivf.make_direct_map()
+        return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
+
+    # ---- persistence ------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``index.faiss`` then ``index.json`` into ``folder``, each atomically."""
+        faiss = _faiss()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = faiss.serialize_index(self.index).tobytes()
+        atomic_write_bytes(folder / INDEX_FILE, data)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "metric": self.metric,
+            "dim": self.dim,
+            "count": len(self),
+            "params": self.params,
+            "backbone": self.backbone,
+            "encoder": self.encoder,
+            "index_sha256": hashlib.sha256(data).hexdigest(),
+            "versions": {**versions(), "faiss": faiss.__version__},
+            "ids": self.ids,
+        }
+        atomic_write_json(folder / MANIFEST_FILE, manifest, indent=None)  # last: marks a complete index
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], *, expect_backbone: Any = None,
+             expect_encoder: Any = None) -> SearchIndex:
+        return load_index(folder, expect_backbone=expect_backbone, expect_encoder=expect_encoder)
+
+
+def _hnsw_of(index: Any) -> Any:
+    faiss = _faiss()
+    try:
+        return faiss.downcast_index(index).hnsw
+    except AttributeError:
+        return None
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(N) inverted lists, with at least 39 training points each (FAISS's minimum)."""
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+
+
+def build_index(vectors: Any, ids: Sequence[str], kind: str = "exact", metric: str = "l2", *,
+                backbone: Any = None, encoder: Any = None, factory: str | None = None,
+                nlist: int | None = None, nprobe: int | None = None, m: int = 32,
+                ef_construction: int = 40, ef_search: int = 64) -> SearchIndex:
+    """Index ``vectors`` (N, D) whose rows are the images ``ids``; see the module docstring.
+
+    ``backbone`` / ``encoder`` are the identities (dicts, or objects with ``identity`` /
+    ``identity()``) of the image backbone and text model the vectors belong to; they are saved
+    with the index and checked by :func:`load_index`.
+    """
+    faiss = _faiss()
+    if kind not in KINDS:
+        raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    if metric not in METRICS:
+        raise EmitError(f"unknown metric {metric!r}; use 'l2' (squared Euclidean) or 'ip' (inner product)")
+    x = _as_matrix(vectors, "index vectors")
+    ids = [str(i) for i in ids]
+    n, d = x.shape
+    if n == 0:
+        raise EmitError("no vectors to index; extract image features first")
+    if len(ids) != n:
+        raise EmitError(f"{n} vectors but {len(ids)} ids; give one id per vector")
+    if len(set(ids)) != n:
+        dup = next(i for i, c in _counts(ids).items() if c > 1)
+        raise EmitError(f"image id {dup!r} occurs more than once; ids must be unique")
+    params: dict[str, Any] = {}
+    if kind == "exact" and factory is None:
+        index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
+        params["factory"] = "Flat"
+    else:
+        if factory is None:
+            if kind == "ivf":
+                nlist = default_nlist(n) if nlist is None else int(nlist)
+                factory = f"IVF{nlist},Flat"
+            else:
+                factory = f"HNSW{int(m)}"
+        try:
+            index = faiss.index_factory(d, factory, _metric_code(metric))
+        except RuntimeError as exc:
+            raise EmitError(f"FAISS does not understand the index description {factory!r} "
+                            f"({str(exc).strip().splitlines()[-1][:200]})") from exc
+        params["factory"] = factory
+        hnsw = _hnsw_of(index)
+        if hnsw is not None:
+            hnsw.efConstruction = int(ef_construction)
+        if not index.is_trained:
+            ivf = faiss.try_extract_index_ivf(index)
+            lists = int(ivf.nlist) if ivf is not None else 1
+            if n < lists:
+                raise EmitError(f"{factory!r} needs at least {lists} vectors to train, got {n}; "
+                                "lower nlist or use kind='exact'")
+            index.train(x)
+        if faiss.try_extract_index_ivf(index) is not None:
+            params["nlist"] = int(faiss.try_extract_index_ivf(index).nlist)
+    index.add(x)
+    built = SearchIndex(index, ids, kind, metric, params, _identity_of(backbone), _identity_of(encoder))
+    if built.params.get("nlist") is not None:
+        built.tune(nprobe=nprobe if nprobe is not None else max(8, built.params["nlist"] // 8))
+    if _hnsw_of(index) is not None:
+        if factory == f"HNSW{int(m)}":
+            built.params["m"] = int(m)
+        built.params["ef_construction"] = int(ef_construction)
+        built.tune(ef_search=ef_search)
+    return built
+
+
+def _counts(items: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _identity_of(obj: Any) -> dict[str, Any] | None:
+    """A JSON-able identity dict from a dict, a Backbone (``.identity``) or an encoder (``.identity()``)."""
+    if obj is None:
+        return None
+    ident = getattr(obj, "identity", obj)
+    if callable(ident):
+        ident = ident()
+    if not isinstance(ident, Mapping):
+        raise EmitError(f"expected an identity dict, got {type(obj).__name__}")
+    # through JSON, as saved: tuples become lists, so live and loaded identities compare equal
+    return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+def recall_against_exact(index: SearchIndex, queries: Any, k: int, vectors: Any = None) -> float:
+    """Recall@k of ``index`` against exact search: the mean share of the true k nearest it finds.
+
+    The exact neighbours come from ``vectors`` (the indexed rows, in order) or, if not given,
+    from the index's stored vectors (exact for Flat storage; for compressed indexes such as PQ
+    pass the original vectors).
+    """
+    x = index.vectors() if vectors is None else _as_matrix(vectors, "vectors", index.dim)
+    if x.shape[0] != len(index):
+        raise EmitError(f"{x.shape[0]} vectors given for an index of {len(index)}")
+    exact = build_index(x, index.ids, "exact", index.metric)
+    _, truth = exact.search_positions(queries, k)
+    _, found = index.search_positions(queries, k)
+    if truth.shape[0] == 0:
+        raise EmitError("recall needs at least one query")
+    hits = sum(len(set(t.tolist()) & set(f.tolist()) - {-1}) for t, f in zip(truth, found, strict=True))
+    return hits / truth.size
+
+
+def _differences(saved: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identity dicts."""
+    if isinstance(saved, Mapping) and isinstance(expected, Mapping):
+        out: list[str] = []
+        for key in sorted(set(saved) | set(expected), key=str):
+            out += _differences(saved.get(key), expected.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == expected else [prefix.rstrip(".") or "(all)"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_identity(folder: Path, what: str, saved: dict[str, Any] | None, expected: Any) -> None:
+    want = _identity_of(expected)
+    if want is None:
+        return
+    if saved is None:
+        raise EmitError(f"{folder}: this index records no {what}, so it cannot be checked against "
+                        f"the model; rebuild the index, passing {what}= to build_index")
+    diffs = _differences(saved, want)
+    if diffs:
+        detail = "; ".join(f"{key}: index {_short(_lookup(saved, key))}, model {_short(_lookup(want, key))}"
+                           for key in diffs[:4])
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        name = saved.get("name") or want.get("name") or what
+        raise EmitError(f"{folder}: the index was built for another {what} than the model's "
+                        f"({name}: {detail}{more}). Rebuild the index with the current model "
+                        f"(embed the images again and build_index), or load the model it was built with")
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    if dotted == "(all)":
+        return obj
+    for key in dotted.split("."):
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return obj
+
+
+def load_index(folder: str | os.PathLike[str], *, expect_backbone: Any = None,
+               expect_encoder: Any = None) -> SearchIndex:
+    """Read an index saved by :meth:`SearchIndex.save`, refusing a mismatched model.
+
+    ``expect_backbone`` / ``expect_encoder`` (identity dicts, a Backbone, a text encoder) are
+    compared with the recorded identities; any difference is an :class:`EmitError` naming it.
+    """
+    faiss = _faiss()
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise EmitError(f"{folder}: not a search index (no {MANIFEST_FILE}); build one first")
+    meta = read_json(folder / MANIFEST_FILE)
+    version = meta.get("format") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise EmitError(f"{folder / MANIFEST_FILE}: index format {version!r} is not {FORMAT_VERSION}; "
+                        "rebuild the index with this version of emit")
+    _check_identity(folder, "backbone", meta.get("backbone"), expect_backbone)
+    _check_identity(folder, "encoder", meta.get("encoder"), expect_encoder)
+    try:
+        data = (folder / INDEX_FILE).read_bytes()
+    except OSError as exc:
+        raise EmitError(f"{folder / INDEX_FILE}: cannot read the index ({exc.strerror or exc}); "
+                        "rebuild it") from exc
+    if hashlib.sha256(data).hexdigest() != meta.get("index_sha256"):
+        raise EmitError(f"{folder / INDEX_FILE}: does not match {MANIFEST_FILE} (the folder mixes two "
+                        "saves, or the file is damaged); rebuild the index")
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise EmitError(f"{folder / INDEX_FILE}: FAISS cannot read it ({str(exc)[:200]}); rebuild") from exc
+    ids = [str(i) for i in meta.get("ids", [])]
+    if index.ntotal != len(ids) or index.d != meta.get("dim"):
+        raise EmitError(f"{folder}: the index holds {index.ntotal} x {index.d}-d vectors but the manifest "
+                        f"lists {len(ids)} ids of {meta.get('dim')}-d; rebuild the index")
+    built = SearchIndex(index, ids, str(meta["kind"]), str(meta["metric"]), dict(meta.get("params") or {}),
+                        meta.get("backbone"), meta.get("encoder"))
+    params = built.params
+    if params.get("nprobe") is not None:
+        built.tune(nprobe=params["nprobe"])
+    if params.get("ef_search") is not None:
+        built.tune(ef_search=params["ef_search"])
+    return built

