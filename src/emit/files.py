@@ -49,6 +49,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:
+    """Write torch tensors as safetensors, atomically like every other output."""
+    from safetensors.torch import save
+
+    return atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> Path:
     text = json.dumps(obj, ensure_ascii=False, indent=indent)
     return atomic_write_text(path, text + "\n")

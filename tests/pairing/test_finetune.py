@@ -55,7 +55,7 @@ def test_finetune_resumes_from_checkpoint(tmp_path, monkeypatch):
     config = PairingConfig(backbone="efficientnet-lite0", finetune_epochs=1, batch_size=8,
                            min_count=1)
     with monkeypatch.context() as m:
-        m.setattr(finetune, "save_file", killed)
+        m.setattr(finetune, "atomic_write_safetensors", killed)
         with pytest.raises(RuntimeError):
             finetune.finetune_backbone(products, create_backbone("efficientnet-lite0"), config,
                                        out, problems=ProblemLog(), progress=False)

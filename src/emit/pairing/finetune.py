@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from emit.config import PairingConfig
 from emit.data.images import ImageError, load_image
 from emit.data.products import Product
-from emit.files import atomic_write
+from emit.files import atomic_write, atomic_write_safetensors
 from emit.pairing.cost import tag_costs
 from emit.pairing.tagger import LISTWISE_TEMPERATURE
 from emit.problems import ProblemLog
@@ -110,9 +109,7 @@ def finetune_backbone(products: Sequence[Product], backbone: Backbone, config: P
                  "optimiser": optimiser.state_dict(), "epoch": epoch + 1}
         atomic_write(ckpt, lambda fh, s=state: torch.save(s, fh))
     model.eval()
-    tmp = out / f".{TUNED_FILE}.tmp"
-    save_file(loadable_state_dict(backbone), str(tmp))
-    tmp.replace(out / TUNED_FILE)
+    atomic_write_safetensors(out / TUNED_FILE, loadable_state_dict(backbone))
     ckpt.unlink(missing_ok=True)
     return create_backbone(config.backbone, weights=out / TUNED_FILE)
 

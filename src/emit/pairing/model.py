@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from emit.config import PairingConfig, from_dict, to_dict, versions
-from emit.files import atomic_write, atomic_write_json, read_json
+from emit.files import atomic_write_json, atomic_write_safetensors, read_json
 from emit.pairing.assign import AssignMode, assign
 from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode, combine
@@ -97,10 +97,7 @@ class PairingModel:
         if self.baseline is not None:
             for name, value in self.baseline.state_dict().items():
                 tensors[f"baseline.{name}"] = value.contiguous()
-        tmp = folder / f".{WEIGHTS_FILE}.tmp"
-        save_file(tensors, str(tmp))
-        atomic_write(folder / WEIGHTS_FILE, lambda fh: fh.write(tmp.read_bytes()))
-        tmp.unlink()
+        atomic_write_safetensors(folder / WEIGHTS_FILE, tensors)
         self.vocab.save(folder / VOCAB_FILE)
         meta = {
             "format": FORMAT_VERSION,
