@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--products", type=int, default=120, help="number of generated products")
     d.add_argument("--seed", type=int, default=0, help="random seed")
     d.set_defaults(func=cmd_demo)
+
+    from emit.cli_retrieval import register as register_retrieval
+
+    register_retrieval(sub, common)  # retrieval train/evaluate, index build, search
     return parser
 
 

@@ -1,0 +1,93 @@
+"""The retrieval model's configuration: one typed dataclass, saved beside every run.
+
+The defaults follow Aggarwal et al. 2019 where the paper says something (frozen CNN features as
+the target space, a 5-layer LSTM over word vectors, PATR with in-batch hard negatives that share
+no word with the anchor, multitask over titles and click queries, batch size 512, Adam with
+beta1 = 0.99) and are marked where they are our choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from emit.problems import EmitError
+
+TASKS = ("multitask", "titles", "clicks")
+MINING_MODES = ("any", "all", "none")
+CLICK_WEIGHTS = ("none", "log", "count")
+
+
+@dataclass
+class RetrievalConfig:
+    """Everything that decides a retrieval model (``emit retrieval train``)."""
+
+    # image side: a frozen CNN; its pooled features are the space texts are mapped into
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None  # local checkpoint for the backbone
+    normalise_images: bool = False  # L2-normalise the image features (the paper keeps them raw)
+    image_projection: bool = False  # beyond the paper: also learn a linear map of the image side
+    # text side
+    encoder: str = "lstm"  # 'lstm' (the paper) or 'minilm' (frozen sentence model + MLP)
+    vectors: str | None = None  # word vectors for 'lstm': None = GloVe 6B-50d package; or a file
+    hidden: int = 512  # LSTM width (our choice; the paper gives only the depth)
+    num_layers: int = 5
+    dropout: float = 0.25
+    min_count: int = 2  # words without a vector are kept if seen this often
+    max_tokens: int = 48
+    # objective
+    loss: str = "patr"  # patr | triplet | l2 | vse | infonce
+    # In squared-distance units. None: the median squared distance from a training image to its
+    # n_negatives-th nearest image in a random batch, where hard negatives sit (our choice; the
+    # scale of CNN features varies with the backbone and normalisation).
+    margin: float | None = None
+    n_negatives: int = 5  # mined in-batch negatives per anchor (patr, triplet)
+    mining: Literal["any", "all", "none"] = "any"  # which in-batch texts may not give negatives
+    temperature: float = 0.07  # infonce only
+    click_weight: Literal["none", "log", "count"] = "log"  # per-pair weight of a clicked query
+    tasks: Literal["multitask", "titles", "clicks"] = "multitask"
+    # optimisation
+    batch_size: int = 512
+    lr: float = 1e-3
+    beta1: float = 0.99  # the paper's Adam beta1
+    beta2: float = 0.999
+    grad_clip: float = 10.0  # max gradient norm; 0 = off (our choice, for the deep LSTM)
+    epochs: int = 10
+    val_fraction: float = 0.1  # share of training *images* held out for validation each epoch
+    seed: int = 0
+
+    def validate(self) -> RetrievalConfig:
+        from emit.retrieval.encoders import list_text_encoders
+        from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
+
+        checks = [
+            (isinstance(self.backbone, str) and bool(self.backbone.strip()), "backbone must be named"),
+            (self.encoder in list_text_encoders(),
+             f"encoder must be one of {', '.join(list_text_encoders())}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
+            (self.mining in MINING_MODES, "mining must be 'any', 'all' or 'none'"),
+            (self.tasks in TASKS, "tasks must be 'multitask', 'titles' or 'clicks'"),
+            (self.click_weight in CLICK_WEIGHTS, "click_weight must be 'none', 'log' or 'count'"),
+            (self.margin is None or self.margin >= 0, "margin must be >= 0 (or None for automatic)"),
+            (self.n_negatives >= 1 or self.loss not in NEEDS_NEGATIVES,
+             f"n_negatives must be >= 1 for the {self.loss} loss"),
+            (self.n_negatives >= 0, "n_negatives must be >= 0"),
+            (self.temperature > 0, "temperature must be positive"),
+            (self.batch_size >= 1 and self.epochs >= 1, "batch_size and epochs must be >= 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (min(self.hidden, self.num_layers, self.min_count, self.max_tokens) >= 1,
+             "hidden, num_layers, min_count and max_tokens must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EmitError(f"bad retrieval configuration: {message}")
+        return self
+
+    @property
+    def metric(self) -> Literal["l2", "ip"]:
+        """How texts and images are compared: squared L2 (the paper), or cosine for InfoNCE."""
+        return "ip" if self.loss == "infonce" else "l2"

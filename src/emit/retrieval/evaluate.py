@@ -1,0 +1,255 @@
+"""Evaluate a retrieval model on captions: both directions, R@K, median rank, mAP@R, mAP.
+
+* text -> image: each caption ranks all images; its own image is the one relevant item.
+* image -> text: each image ranks all captions; it is a hit at K if ANY of its captions is in
+  its top K, and its rank is that of its best-ranked caption.
+
+R@K (K = 1, 5, 10, 20, in percent) and the median rank come from :mod:`emit.metrics`.
+
+mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
+
+* when the captions have categories (Pascal sentences, product sub-categories), an item is
+  relevant to a query of the same category, and mAP@R uses a fixed R (50): AP@R =
+  (1/R) sum_{i<=R} P@i rel_i (Musgrave et al. 2020). An image's category is the most common one
+  among its captions. Queries without a category, or whose category no item has, are left out
+  of these two numbers (the report counts them);
+* otherwise relevance is the same image, and R is each query's own number of relevant items
+  (1 for text -> image, the image's caption count for image -> text), since a fixed R = 50 with
+  one relevant item would cap AP@R at 1/50.
+
+Scores are the model's: ``-||t - v||^2`` for the paper's squared distance (``metric='l2'``),
+the inner product of unit vectors for ``'ip'``. :func:`write_evaluation` writes one JSON report
+and one PNG plot, each atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from emit.data.captions import Caption, image_indices
+from emit.files import atomic_write_bytes, atomic_write_json
+from emit.metrics import map_at_r, mean_average_precision, median_rank, recall_at_k
+from emit.problems import EmitError
+from emit.retrieval.distances import pairwise_sq_dist
+
+if TYPE_CHECKING:
+    from emit.retrieval.train import RetrievalModel
+
+KS = (1, 5, 10, 20)
+MAP_R = 50
+CURVE_MAX_K = 100
+DIRECTIONS = ("text_to_image", "image_to_text")
+
+
+def similarity_matrix(text: Any, image: Any, metric: str = "l2") -> np.ndarray:
+    """``(T, D)`` and ``(I, D)`` -> ``(T, I)`` float64 scores, higher = better match."""
+    a = torch.as_tensor(np.asarray(text), dtype=torch.float64)
+    b = torch.as_tensor(np.asarray(image), dtype=torch.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise EmitError(f"text and image vectors must be (T, D) and (I, D); "
+                        f"got {tuple(a.shape)}, {tuple(b.shape)}")
+    if metric == "l2":
+        return (-pairwise_sq_dist(a, b)).numpy()
+    if metric == "ip":
+        return (a @ b.T).numpy()
+    raise EmitError(f"unknown metric {metric!r}; use 'l2' or 'ip'")
+
+
+def image_categories(categories: Sequence[str | None], caption_image: np.ndarray, n_images: int
+                     ) -> list[str | None]:
+    """Each image's most common caption category (ties: alphabetically first), None if none."""
+    counts: list[Counter[str]] = [Counter() for _ in range(n_images)]
+    for cat, j in zip(categories, caption_image.tolist(), strict=True):
+        if cat is not None:
+            counts[j][cat] += 1
+    return [min(c, key=lambda k: (-c[k], k)) if c else None for c in counts]
+
+
+def _codes(query: Sequence[Any], items: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer labels of queries and items (None -> never relevant) and the usable queries' mask."""
+    table: dict[Any, int] = {}
+    item_codes = np.array([-1 if v is None else table.setdefault(v, len(table)) for v in items],
+                          dtype=np.int64)
+    query_codes = np.array([-2 if v is None else table.get(v, -2) for v in query], dtype=np.int64)
+    usable = np.isin(query_codes, item_codes[item_codes >= 0])
+    return query_codes, item_codes, usable
+
+
+def _ranked_metrics(s: np.ndarray, relevant: list[list[int]], ks: Sequence[int]) -> dict[str, float]:
+    recall = recall_at_k(s, relevant, ks)
+    return {**{f"R@{k}": v for k, v in recall.items()}, "median_rank": median_rank(s, relevant)}
+
+
+def _curve(s: np.ndarray, relevant: list[list[int]], ks: Sequence[int]) -> list[float]:
+    return list(recall_at_k(s, relevant, ks).values())
+
+
+def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: str = "l2",
+                        categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
+                        R: int = MAP_R) -> dict[str, Any]:
+    """The report for caption vectors ``text`` (T, D), image vectors ``image`` (I, D), and
+    ``caption_image`` (T,), the image row of each caption; see the module docstring."""
+    s = similarity_matrix(text, image, metric)
+    n_text, n_image = s.shape
+    if n_text == 0 or n_image == 0:
+        raise EmitError("nothing to evaluate: no captions or no images")
+    of = np.asarray(caption_image, dtype=np.int64).reshape(-1)
+    if len(of) != n_text or of.min() < 0 or of.max() >= n_image:
+        raise EmitError(f"caption_image must give each of the {n_text} captions an image row "
+                        f"in 0..{n_image - 1}")
+    if categories is not None and len(categories) != n_text:
+        raise EmitError(f"{len(categories)} categories for {n_text} captions")
+    groups: list[list[int]] = [[] for _ in range(n_image)]
+    for i, j in enumerate(of.tolist()):
+        groups[j].append(i)
+    with_text = np.array([bool(g) for g in groups])
+    s_t2i = s
+    rel_t2i = [[int(j)] for j in of]
+    s_i2t = s.T[with_text]  # images without a caption have nothing to find
+    rel_i2t = [g for g in groups if g]
+
+    report: dict[str, Any] = {
+        "counts": {"captions": n_text, "images": n_image, "images_with_captions": int(with_text.sum())},
+        "metric": metric,
+        "text_to_image": _ranked_metrics(s_t2i, rel_t2i, ks),
+        "image_to_text": _ranked_metrics(s_i2t, rel_i2t, ks),
+    }
+    curve_ks = list(range(1, max(1, min(CURVE_MAX_K, n_image, n_text)) + 1))
+    report["recall_curve"] = {"K": curve_ks, "text_to_image": _curve(s_t2i, rel_t2i, curve_ks),
+                              "image_to_text": _curve(s_i2t, rel_i2t, curve_ks)}
+
+    has_categories = categories is not None and any(c is not None for c in categories)
+    if has_categories:
+        cats = list(categories)  # type: ignore[arg-type]
+        img_cats = image_categories(cats, of, n_image)
+        pairs = {"text_to_image": (s_t2i, cats, img_cats),
+                 "image_to_text": (s.T, img_cats, cats)}
+        r_value: int | None = int(R)
+        relevance = "category"
+    else:
+        pairs = {"text_to_image": (s_t2i, of.tolist(), list(range(n_image))),
+                 "image_to_text": (s.T, list(range(n_image)), of.tolist())}
+        r_value = None
+        relevance = "image"
+    map_r: dict[str, Any] = {"R": r_value if r_value is not None else "relevant items per query",
+                             "relevance": relevance}
+    full: dict[str, Any] = {"relevance": relevance}
+    left_out: dict[str, int] = {}
+    for direction, (scores, query_labels, item_labels) in pairs.items():
+        q, it, usable = _codes(query_labels, item_labels)
+        left_out[direction] = int((~usable).sum())
+        if not usable.any():
+            map_r[direction] = full[direction] = None
+            continue
+        map_r[direction] = map_at_r(scores[usable], q[usable], it, r_value)
+        full[direction] = mean_average_precision(scores[usable], q[usable], it)
+    map_r["queries_left_out"] = full["queries_left_out"] = left_out
+    report["map_at_r"] = map_r
+    report["map"] = full
+    return report
+
+
+def evaluate_model(model: RetrievalModel, texts: Sequence[str], caption_image: Any, image_features: Any, *,
+                   categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
+                   R: int = MAP_R) -> dict[str, Any]:
+    """Embed ``texts`` and the raw ``image_features`` with ``model`` and evaluate."""
+    report = evaluate_embeddings(model.text_vectors(texts), model.image_vectors(image_features),
+                                 caption_image, metric=model.metric, categories=categories, ks=ks, R=R)
+    report["model"] = model.identity()
+    return report
+
+
+def evaluate_captions(model: RetrievalModel, captions: Sequence[Caption], image_features: Any,
+                      ok: Any = None, *, ks: Sequence[int] = KS, R: int = MAP_R) -> dict[str, Any]:
+    """Evaluate on captions; ``image_features`` are in :func:`emit.data.captions.image_indices` order.
+
+    ``ok`` (bool per image, from ``extract_features``) drops unreadable images and their captions.
+    """
+    paths, of = image_indices(captions)
+    feats = np.asarray(image_features, dtype=np.float32)
+    if feats.shape[0] != len(paths):
+        raise EmitError(f"{feats.shape[0]} image feature rows for {len(paths)} distinct caption images")
+    good = np.ones(len(paths), dtype=bool) if ok is None else np.asarray(ok, dtype=bool)
+    new_row = np.cumsum(good) - 1
+    keep = good[of]
+    kept = [c for c, k in zip(captions, keep, strict=True) if k]
+    if not kept:
+        raise EmitError("no caption has a readable image; nothing to evaluate")
+    report = evaluate_model(model, [c.text for c in kept], new_row[of[keep]], feats[good],
+                            categories=[c.category for c in kept], ks=ks, R=R)
+    report["counts"]["captions_dropped"] = int((~keep).sum())
+    report["counts"]["images_dropped"] = int((~good).sum())
+    return report
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def format_evaluation(report: dict[str, Any]) -> str:
+    """A few human-readable lines."""
+    counts = report["counts"]
+    lines = [f"{counts['captions']} captions, {counts['images']} images ({report['metric']})"]
+    for direction in DIRECTIONS:
+        m = report[direction]
+        recalls = "  ".join(f"{k} {v:5.1f}" for k, v in m.items() if k.startswith("R@"))
+        lines.append(f"{direction.replace('_', ' '):>14}: {recalls}  median rank {m['median_rank']:g}")
+    for key, title in (("map_at_r", f"mAP@R (R={report['map_at_r']['R']})"), ("map", "mAP")):
+        parts = [f"{d.replace('_', ' ')} {report[key][d]:.4f}"
+                 for d in DIRECTIONS if report[key][d] is not None]
+        lines.append(f"{title}, relevance by {report[key]['relevance']}: " + ("; ".join(parts) or "n/a"))
+    return "\n".join(lines)
+
+
+def plot_evaluation(report: dict[str, Any]) -> bytes:
+    """PNG: R@K bars of both directions, and recall as K grows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    bars, curve = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    keys = [k for k in report["text_to_image"] if k.startswith("R@")]
+    xs = np.arange(len(keys))
+    width = 0.38
+    for offset, direction in zip((-width / 2, width / 2), DIRECTIONS, strict=True):
+        values = [report[direction][k] for k in keys]
+        rects = bars.bar(xs + offset, values, width, label=direction.replace("_", " → "))
+        bars.bar_label(rects, fmt="%.1f", fontsize=7)
+    bars.set_xticks(xs, keys)
+    bars.set(ylabel="recall (%)", ylim=(0, 110),
+             title=f"median rank: text→image {report['text_to_image']['median_rank']:g}, "
+                   f"image→text {report['image_to_text']['median_rank']:g}")
+    bars.legend(fontsize=8)
+    rc = report["recall_curve"]
+    for direction in DIRECTIONS:
+        curve.plot(rc["K"], rc[direction], label=direction.replace("_", " → "))
+    if len(rc["K"]) > 1:
+        curve.set_xscale("log")
+    m = report["map_at_r"]
+    maps = ", ".join(f"{m[d]:.3f}" for d in DIRECTIONS if m[d] is not None) or "n/a"
+    curve.set(xlabel="K", ylabel="R@K (%)", ylim=(0, 101),
+              title=f"recall vs K; mAP@R ({m['relevance']}) t→i, i→t: {maps}")
+    curve.title.set_fontsize(9)
+    curve.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_evaluation(report: dict[str, Any], prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``<prefix>.json`` and ``<prefix>.png`` atomically; returns both paths."""
+    prefix = Path(prefix)
+    json_path = prefix.with_name(prefix.name + ".json")
+    png_path = prefix.with_name(prefix.name + ".png")
+    atomic_write_json(json_path, report)
+    atomic_write_bytes(png_path, plot_evaluation(report))
+    return json_path, png_path

@@ -1,0 +1,281 @@
+"""Whole retrieval jobs on files: what ``emit retrieval ...``, ``emit index build`` and ``emit search`` run.
+
+Each job reads its inputs (bad records are reported and skipped), extracts image features with
+the model's backbone through the shared on-disk cache, writes its outputs atomically, and
+returns a small summary dict for the command line to print.
+
+An index folder holds the FAISS index of the images (:mod:`emit.retrieval.index`, whose
+manifest records the backbone's and the model's identities), optionally ``texts/``, an index of
+caption texts for image -> text search, and ``retrieval_index.json``, which names the model
+folder that built it, so ``emit search IDX "text"`` finds the text encoder by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emit.data.captions import Caption, image_indices, read_captions
+from emit.files import atomic_write_json, read_json
+from emit.problems import EmitError, ProblemLog
+from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.evaluate import evaluate_captions, write_evaluation
+from emit.retrieval.index import KINDS, build_index, load_index
+from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
+from emit.text.vectors import WordVectors
+from emit.vision.backbones import Backbone, create_backbone
+from emit.vision.features import extract_features
+
+log = logging.getLogger("emit")
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+INDEX_MODEL_FILE = "retrieval_index.json"
+TEXTS_DIR = "texts"
+TARGETS = ("images", "texts")
+
+PathLike = str | os.PathLike[str]
+
+
+def _cache(cache_dir: PathLike | None) -> Path:
+    from emit.pairing.jobs import default_cache_dir  # the one cache both workflows share
+
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def model_backbone(model: RetrievalModel) -> Backbone:
+    """The image backbone the model was trained on, refusing one whose identity has changed."""
+    backbone = create_backbone(model.config.backbone, weights=model.config.weights)
+    if model.backbone is not None and not _same(model.backbone, backbone.identity):
+        raise EmitError(f"backbone {model.config.backbone!r} is not the one the model was trained with "
+                        "(its weights or preprocessing differ); use the same weights, or retrain")
+    return backbone
+
+
+def _features(paths: Sequence[Path], backbone: Backbone, cache_dir: PathLike | None, problems: ProblemLog,
+              progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    return extract_features(paths, backbone, cache_dir=_cache(cache_dir), problems=problems,
+                            progress=progress)
+
+
+def _write_problems(problems: ProblemLog, path: Path) -> None:
+    if problems:
+        atomic_write_json(path, problems.to_json())
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, config: RetrievalConfig, *,
+              titles_format: str = "auto", clicks_format: str = "clicks", image_root: PathLike | None = None,
+              val_titles: PathLike | None = None, val_clicks: PathLike | None = None,
+              cache_dir: PathLike | None = None, vectors: WordVectors | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Read titles and click logs, extract the images' features, train (resumably) into ``out``."""
+    config.validate()
+    start = time.perf_counter()
+    problems = ProblemLog()
+    needs = {"titles": config.tasks in ("multitask", "titles"),
+             "clicks": config.tasks in ("multitask", "clicks")}
+    for name, given in (("titles", titles), ("clicks", clicks)):
+        if needs[name] and not given:
+            raise EmitError(f"--tasks {config.tasks} needs --{name} FILE")
+
+    def read(path: PathLike | None, fmt: str, used: bool) -> list[Caption]:
+        if path is None or not used:
+            return []
+        caps, _ = read_captions(path, fmt, image_root, problems=problems)
+        if not caps:
+            raise EmitError(f"{path}: no usable records; see the problems above")
+        return caps
+
+    parts = {"titles": read(titles, titles_format, needs["titles"]),
+             "clicks": read(clicks, clicks_format, needs["clicks"]),
+             "val_titles": read(val_titles, titles_format, needs["titles"]),
+             "val_clicks": read(val_clicks, clicks_format, needs["clicks"])}
+    everything = [c for caps in parts.values() for c in caps]
+    paths, _ = image_indices(everything)
+    backbone = create_backbone(config.backbone, weights=config.weights)
+    feats, ok = _features(paths, backbone, cache_dir, problems, progress)
+    if not ok.any():
+        raise EmitError("none of the images could be read; see the problems above")
+    keys = [str(p) for p, good in zip(paths, ok, strict=True) if good]
+    row_of = {k: i for i, k in enumerate(keys)}
+    pairs = {name: Pairs.from_captions(caps, row_of) if caps else None for name, caps in parts.items()}
+    model = train_retrieval(feats[ok], pairs["titles"], pairs["clicks"], config, out=out,
+                            val_titles=pairs["val_titles"], val_clicks=pairs["val_clicks"], image_keys=keys,
+                            vectors=vectors, backbone=backbone.identity, progress=progress)
+    _write_problems(problems, Path(out) / "train_problems.json")
+    info = model.info
+    return {"model": str(out), "tasks": config.tasks,
+            "pairs": info.get("pairs"), "val_pairs": info.get("val_pairs"), "images": int(ok.sum()),
+            "images_unreadable": int((~ok).sum()), "epochs": len(info.get("history", [])),
+            "best_epoch": info.get("best_epoch"), "best_val_score": info.get("best_score"),
+            "resumed_from": info.get("resumed_from"), "margin": model.margin, "problems": len(problems),
+            "curves": str(Path(out) / CURVES), "seconds": round(time.perf_counter() - start, 1)}
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_root: PathLike | None = None,
+                 cache_dir: PathLike | None = None, out: PathLike | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Evaluate the model in ``run`` on a caption file; writes ``<out>.json`` and ``<out>.png``
+    (default ``RUN/eval_<captions name>``)."""
+    start = time.perf_counter()
+    model = RetrievalModel.load(run)
+    problems = ProblemLog()
+    caps, _ = read_captions(captions, fmt, image_root, problems=problems)
+    if not caps:
+        raise EmitError(f"{captions}: no usable captions; see the problems above")
+    paths, _ = image_indices(caps)
+    feats, ok = _features(paths, model_backbone(model), cache_dir, problems, progress)
+    report = evaluate_captions(model, caps, feats, ok)
+    report["captions_file"] = str(captions)
+    report["run"] = str(run)
+    report["problems"] = problems.to_json()
+    prefix = Path(out) if out is not None else Path(run) / f"eval_{Path(captions).stem}"
+    json_path, png_path = write_evaluation(report, prefix)
+    return {"report": str(json_path), "plot": str(png_path), "captions": report["counts"]["captions"],
+            "images": report["counts"]["images"], "text_to_image": report["text_to_image"],
+            "image_to_text": report["image_to_text"],
+            "map_at_r": {k: report["map_at_r"][k]
+                         for k in ("R", "relevance", "text_to_image", "image_to_text")},
+            "map": {k: report["map"][k] for k in ("text_to_image", "image_to_text")},
+            "problems": len(problems), "seconds": round(time.perf_counter() - start, 1)}
+
+
+# --------------------------------------------------------------------------- index
+
+
+def collect_images(items: Sequence[PathLike], problems: ProblemLog) -> list[Path]:
+    """Image files named directly, or found (recursively, by suffix) in the folders named; sorted
+    within a folder, duplicates dropped. A missing path is reported and skipped."""
+    seen: set[Path] = set()
+    files: list[Path] = []
+    for item in items:
+        path = Path(os.path.abspath(item))
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith("."))
+            if not found:
+                problems.add(path, path.name, "folder holds no image files; skipped",
+                             f"give image files ({', '.join(sorted(IMAGE_SUFFIXES))}) or their folders")
+        elif path.is_file():
+            found = [path]
+        else:
+            problems.add(path, path.name, "no such file or folder; skipped", "check the path")
+            found = []
+        for p in found:
+            if p not in seen:
+                seen.add(p)
+                files.append(p)
+    return files
+
+
+def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *, kind: str = "exact",
+                    texts: PathLike | None = None, texts_format: str = "auto",
+                    image_root: PathLike | None = None, cache_dir: PathLike | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Embed images with the model's backbone (and projection) into a FAISS index in ``out``.
+
+    ``texts`` (a caption file) also builds ``out/texts``, an index of its distinct texts, for
+    image -> text search.
+    """
+    start = time.perf_counter()
+    if kind not in KINDS:
+        raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
+    model = RetrievalModel.load(run)
+    problems = ProblemLog()
+    files = collect_images(images, problems)
+    if not files:
+        raise EmitError("no image files to index; see the problems above")
+    backbone = model_backbone(model)
+    feats, ok = _features(files, backbone, cache_dir, problems, progress)
+    if not ok.any():
+        raise EmitError("none of the images could be read; see the problems above")
+    ids = [str(f) for f, good in zip(files, ok, strict=True) if good]
+    identity = model.identity()
+    index = build_index(model.image_vectors(feats[ok]), ids, kind, model.metric,
+                        backbone=backbone.identity, encoder=identity)
+    out = Path(out)
+    index.save(out)
+    n_texts = 0
+    if texts is not None:
+        caps, _ = read_captions(texts, texts_format, image_root, check_images=False, problems=problems)
+        distinct = list(dict.fromkeys(c.text for c in caps))
+        if not distinct:
+            raise EmitError(f"{texts}: no texts to index; see the problems above")
+        build_index(model.text_vectors(distinct), distinct, "exact", model.metric, backbone=backbone.identity,
+                    encoder=identity).save(out / TEXTS_DIR)
+        n_texts = len(distinct)
+    atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
+                                               "texts": n_texts > 0, "images": len(ids)})
+    _write_problems(problems, out / "index_problems.json")
+    return {"index": str(out), "images": len(ids), "images_skipped": len(files) - len(ids),
+            "texts": n_texts, "kind": kind, "metric": model.metric, "dim": index.dim, "model": str(run),
+            "problems": len(problems), "seconds": round(time.perf_counter() - start, 1)}
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _index_model(index_dir: Path, model_dir: PathLike | None) -> RetrievalModel:
+    if model_dir is None:
+        pointer = index_dir / INDEX_MODEL_FILE
+        if not pointer.is_file():
+            raise EmitError(f"{index_dir}: no {INDEX_MODEL_FILE}; not built by `emit index build`, or pass "
+                            "--model RUN")
+        model_dir = str(read_json(pointer).get("model", ""))
+        if not Path(model_dir).is_dir():
+            raise EmitError(f"{index_dir}: the model it was built with ({model_dir}) is gone; "
+                            "pass --model RUN with that model")
+    return RetrievalModel.load(model_dir)
+
+
+def search_job(index_dir: PathLike, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
+               target: str = "images", model: PathLike | None = None, cache_dir: PathLike | None = None
+               ) -> dict[str, Any]:
+    """Search ``index_dir`` with a text or an image; ``target`` 'images' or 'texts' (needs an
+    index built with texts). Scores: squared distance (l2, lower is nearer) or cosine (ip)."""
+    start = time.perf_counter()
+    if (text is None) == (image is None):
+        raise EmitError("give either a text query or --image FILE, not both or neither")
+    if text is not None and not text.strip():
+        raise EmitError("the text query is empty")
+    if target not in TARGETS:
+        raise EmitError(f"unknown search target {target!r}; use 'images' or 'texts'")
+    index_dir = Path(index_dir)
+    retrieval = _index_model(index_dir, model)
+    folder = index_dir / TEXTS_DIR if target == "texts" else index_dir
+    if target == "texts" and not folder.is_dir():
+        raise EmitError(f"{index_dir}: has no text index; "
+                        "build it with `emit index build ... --texts CAPTIONS`")
+    index = load_index(folder, expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
+    if text is not None:
+        query = retrieval.text_vectors([text])
+    else:
+        problems = ProblemLog(echo=False)
+        feats, ok = _features([Path(image)], model_backbone(retrieval), cache_dir, problems,  # type: ignore[arg-type]
+                              progress=False)
+        if not ok[0]:
+            raise EmitError(problems.summary())
+        query = retrieval.image_vectors(feats)
+    scores, ids = index.search(query, top)
+    results = [{"rank": r + 1, "id": i, "score": float(s)}
+               for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
+    return {"query": text if text is not None else str(image),
+            "kind": "text" if text is not None else "image", "target": target, "metric": index.metric,
+            "order": "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)",
+            "results": results, "seconds": round(time.perf_counter() - start, 3)}

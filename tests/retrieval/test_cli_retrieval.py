@@ -1,0 +1,159 @@
+"""End to end through the command line: generated images of coloured shapes, captions naming
+them, a tiny LSTM over a tiny word-vector file, the colour-histogram backbone, an index, search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed")
+
+from emit.cli_retrieval import register  # noqa: E402
+from emit.problems import EmitError  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),
+           "purple": (140, 40, 170)}
+SHAPES = ("circle", "square", "triangle", "bar")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread() -> Iterator[None]:
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def draw(path: Path, colour: tuple[int, int, int], shape: str) -> None:
+    im = Image.new("RGB", (96, 96), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    if shape == "circle":
+        d.ellipse((18, 18, 78, 78), fill=colour)
+    elif shape == "square":
+        d.rectangle((14, 14, 82, 82), fill=colour)
+    elif shape == "triangle":
+        d.polygon([(48, 12), (86, 84), (10, 84)], fill=colour)
+    else:
+        d.rectangle((40, 8, 56, 88), fill=colour)
+    im.save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shapes")
+    (root / "images").mkdir()
+    titles, clicks = [], []
+    for colour, rgb in COLOURS.items():
+        for shape in SHAPES:
+            name = f"images/{colour}_{shape}.png"
+            draw(root / name, rgb, shape)
+            titles += [{"image": name, "text": f"a {colour} {shape}", "category": colour},
+                       {"image": name, "text": f"{shape} in {colour}", "category": colour}]
+            clicks += [{"query": f"{colour} {shape}", "image": name, "count": 3},
+                       {"query": colour, "image": name, "count": 1}]
+    (root / "titles.jsonl").write_text("\n".join(json.dumps(t) for t in titles) + "\n")
+    (root / "clicks.jsonl").write_text("\n".join(json.dumps(c) for c in clicks) + "\n")
+    words = [*COLOURS, *SHAPES, "a", "in"]
+    rng = np.random.default_rng(0)
+    lines = [w + " " + " ".join(f"{v:.4f}" for v in rng.standard_normal(8)) for w in words]
+    (root / "vectors.txt").write_text("\n".join(lines) + "\n")  # a GloVe-format file, 8-d
+    return {"root": root, "images": root / "images", "titles": root / "titles.jsonl",
+            "clicks": root / "clicks.jsonl", "vectors": root / "vectors.txt"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emit")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true")
+    common.add_argument("-q", "--quiet", action="store_true")
+    common.add_argument("--threads", type=int, default=None)
+    register(p.add_subparsers(dest="command", required=True), common)
+    return p
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("run")
+    cache = out / "cache"
+    assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"],
+                "--out", out / "run", "--backbone", "colour-hist", "--vectors", data["vectors"],
+                "--hidden", 32, "--num-layers", 1, "--epochs", 60, "--batch-size", 20, "--lr", 0.01,
+                "--val-fraction", 0, "--cache-dir", cache, "-q"]) == 0
+    assert run(["index", "build", out / "run", data["images"], "--out", out / "idx",
+                "--texts", data["titles"], "--cache-dir", cache, "-q"]) == 0
+    return {"run": out / "run", "idx": out / "idx", "cache": cache}
+
+
+def hits(output: str) -> list[tuple[float, str]]:
+    rows = [line.split("\t") for line in output.splitlines() if line and not line.startswith("#")]
+    return [(float(score), Path(path).name) for score, path in rows]
+
+
+def test_train_writes_a_model_curves_and_a_summary(trained, capsys) -> None:
+    run_dir = trained["run"]
+    assert (run_dir / "retrieval.json").is_file() and (run_dir / "training.png").is_file()
+    meta = json.loads((run_dir / "retrieval.json").read_text())
+    assert meta["backbone"]["name"] == "colour-hist" and meta["config"]["tasks"] == "multitask"
+    assert meta["info"]["pairs"] == {"titles": 40, "clicks": 40}
+    history = meta["info"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_text_search_finds_the_named_image(trained, capsys) -> None:
+    capsys.readouterr()
+    found = 0
+    queries = [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "bar"),
+               ("purple", "circle")]
+    for colour, shape in queries:
+        assert run(["search", trained["idx"], f"a {colour} {shape}", "--top", 5]) == 0
+        results = hits(capsys.readouterr().out)
+        assert len(results) == 5
+        assert [s for s, _ in results] == sorted(s for s, _ in results)  # squared distances, nearest first
+        names = [n for _, n in results]
+        assert sum(n.startswith(colour) for n in names[:3]) >= 2  # the colour is found
+        found += f"{colour}_{shape}.png" in names
+    assert found >= 4  # and (nearly always) the very image, within the top 5 of 20
+
+
+def test_image_query_finds_itself_and_its_captions(trained, data, capsys) -> None:
+    capsys.readouterr()
+    photo = data["images"] / "blue_square.png"
+    assert run(["search", trained["idx"], "--image", photo, "--top", 3, "--cache-dir", trained["cache"]]) == 0
+    results = hits(capsys.readouterr().out)
+    assert results[0] == (0.0, "blue_square.png")
+    assert run(["search", trained["idx"], "--image", photo, "--top", 4, "--target", "texts", "--json",
+                "--cache-dir", trained["cache"]]) == 0
+    texts = [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert any("blue" in t for t in texts[:2])
+
+
+def test_evaluate_writes_a_report(trained, data, capsys) -> None:
+    capsys.readouterr()
+    assert run(["retrieval", "evaluate", trained["run"], "--captions", data["titles"],
+                "--cache-dir", trained["cache"], "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert Path(summary["report"]).is_file() and Path(summary["plot"]).is_file()
+    assert summary["captions"] == 40 and summary["images"] == 20
+    assert summary["map_at_r"]["relevance"] == "category"
+    assert summary["text_to_image"]["R@5"] >= 50  # chance: 25
+    assert summary["text_to_image"]["median_rank"] <= 5
+
+
+def test_search_refuses_bad_requests(trained, data) -> None:
+    with pytest.raises(EmitError, match="either a text query or --image"):
+        run(["search", trained["idx"]])
+    with pytest.raises(EmitError, match="no image files"):
+        run(["index", "build", trained["run"], data["root"] / "missing.png", "--out", data["root"] / "idx2"])
+    with pytest.raises(SystemExit):
+        run(["retrieval", "train", "--out", "x", "--loss", "hinge"])  # argparse refuses the choice

@@ -1,0 +1,217 @@
+"""Retrieval training on synthetic features: the loss falls, multitask uses both tasks (eq. 4),
+mining respects images, every loss trains, save/load round-trips, and a killed run resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emit.problems import EmitError
+from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.losses import l2_loss
+from emit.retrieval.train import (
+    CHECKPOINT,
+    CURVES,
+    MODEL_FILE,
+    Pairs,
+    RetrievalModel,
+    auto_margin,
+    click_weights,
+    split_validation,
+    task_loss,
+    train_retrieval,
+    validate,
+)
+from emit.text.vectors import WordVectors
+
+N_IMAGES = 8
+TITLE_WORDS = [f"tw{i}" for i in range(N_IMAGES)]
+QUERY_WORDS = [f"qw{i}" for i in range(N_IMAGES)]  # never in a title: only the click task teaches them
+
+
+def world(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((N_IMAGES, 6)).astype(np.float32)
+    words = TITLE_WORDS + QUERY_WORDS + ["the", "a", "of"]
+    table = rng.standard_normal((len(words), 4)).astype(np.float32)
+    vectors = WordVectors.from_words(words, table, source="tiny")
+    # texts share only stopwords: a shared content word would exclude every negative (mining 'any')
+    titles = Pairs([f"{pre} {TITLE_WORDS[i]}" for i in range(N_IMAGES) for pre in ("the", "a")],
+                   np.repeat(np.arange(N_IMAGES), 2))
+    clicks = Pairs([f"{pre} {QUERY_WORDS[i]}" for i in range(N_IMAGES) for pre in ("a", "of", "the")],
+                   np.repeat(np.arange(N_IMAGES), 3), np.arange(1, 3 * N_IMAGES + 1))
+    return feats, vectors, titles, clicks
+
+
+def config(**kw) -> RetrievalConfig:
+    options = {"hidden": 16, "num_layers": 1, "batch_size": 8, "epochs": 25, "lr": 1e-2, "val_fraction": 0.0,
+               "n_negatives": 3, "margin": 1.0, **kw}  # a fixed margin: the automatic one is tested alone
+    return RetrievalConfig(**options)
+
+
+def test_config_defaults_and_validation() -> None:
+    c = RetrievalConfig()
+    assert (c.backbone, c.encoder, c.num_layers, c.dropout, c.loss, c.mining, c.batch_size, c.beta1, c.tasks,
+            c.image_projection) == ("efficientnet-lite0", "lstm", 5, 0.25, "patr", "any", 512, 0.99,
+                                    "multitask", False)
+    assert c.validate() is c and c.metric == "l2" and RetrievalConfig(loss="infonce").metric == "ip"
+    for bad in ({"loss": "hinge"}, {"mining": "some"}, {"tasks": "both"}, {"beta1": 1.0}, {"margin": -1.0},
+                {"encoder": "gru"}, {"val_fraction": 1.0}, {"n_negatives": 0}, {"batch_size": 0}):
+        with pytest.raises(EmitError, match="bad retrieval configuration"):
+            RetrievalConfig(**bad).validate()
+
+
+def test_helpers() -> None:
+    pairs = Pairs(["a", "b", "c"], [0, 1, 1], [1.0, 3.0, 7.0])
+    assert np.allclose(click_weights(pairs, "log"), np.log([2.0, 4.0, 8.0]))
+    assert np.allclose(click_weights(pairs, "count"), [1, 3, 7]) and (click_weights(pairs, "none") == 1).all()
+    feats = np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32)  # one distinct pair: distance 25
+    assert auto_margin(feats, np.array([0, 1, 1])) == pytest.approx(25.0)
+    assert auto_margin(feats, np.array([1, 1])) == 1.0
+    # points on a line at 0, 1, 3, 6, 10: second-nearest squared distances 9, 4, 4, 9, 36 -> median 9
+    line = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]], dtype=np.float32)
+    assert auto_margin(line, np.arange(5), batch_size=512, n_negatives=2) == pytest.approx(9.0)
+    assert auto_margin(line, np.arange(5), n_negatives=1) == pytest.approx(4.0)  # nearest: 1, 1, 4, 9, 16
+    twins = np.repeat(line, 2, axis=0)  # exact duplicates are not neighbours
+    assert auto_margin(twins, np.arange(10), n_negatives=1) == pytest.approx(4.0)
+    with pytest.raises(EmitError, match="one row per text"):
+        Pairs(["a"], [0, 1])
+    # hold out by image: every text of a held-out image goes, in every task
+    rows = np.arange(20)
+    tasks = {"titles": Pairs([f"t{i}" for i in rows], rows),
+             "clicks": Pairs([f"q{i}" for i in rows], rows[::-1])}
+    train, val = split_validation(tasks, [f"img{i}" for i in rows], 0.3, seed=3)
+    held = set(val["titles"].images)
+    assert 0 < len(held) < 20 and set(val["clicks"].images) == held
+    for name in tasks:
+        assert not set(train[name].images) & held
+        assert len(train[name]) + len(val[name]) == 20
+    assert split_validation(tasks, [f"img{i}" for i in rows], 0.0, seed=3)[1] == {}
+
+
+def test_patr_task_loss_never_uses_captions_of_the_same_image() -> None:
+    torch.manual_seed(0)
+    text, image = torch.randn(4, 3), torch.randn(4, 3)
+    same = torch.zeros(4, dtype=torch.long)  # four captions of one image: nothing is a negative
+    loss = task_loss(text, image, same, [["a"], ["b"], ["c"], ["d"]], torch.ones(4), config(), margin=100.0)
+    assert loss.item() == pytest.approx(l2_loss(text, image).item())
+    distinct = torch.arange(4)  # distinct images, distinct words: the far margin pushes every negative
+    assert task_loss(text, image, distinct, [["a"], ["b"], ["c"], ["d"]], torch.ones(4), config(),
+                     margin=100.0).item() > loss.item() + 100
+    # mode 'any' also drops negatives whose text shares a word with the anchor
+    shared = task_loss(text, image, distinct, [["x"], ["x"], ["x"], ["x"]], torch.ones(4), config(),
+                       margin=100.0)
+    assert shared.item() == pytest.approx(loss.item())
+
+
+def test_loss_falls_and_the_best_epoch_is_kept() -> None:
+    feats, vectors, titles, _ = world()
+    model = train_retrieval(feats, titles, None, config(tasks="titles"), vectors=vectors, val_titles=titles,
+                            progress=False)
+    history = model.info["history"]
+    assert len(history) == 25
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    scores = [r["val"]["score"] for r in history]
+    assert model.info["best_epoch"] == int(np.argmax(scores)) + 1  # first best
+    assert model.info["best_score"] == max(scores)
+    # the kept weights are the best epoch's: validating the returned model gives its score
+    assert validate(model, feats, {"titles": titles})["score"] == pytest.approx(max(scores))
+    assert max(scores) > 60  # far above chance (8 images: mean R@1/5/10 of a random ranking ~ 44)
+
+
+def test_multitask_steps_on_both_tasks_and_learns_words_only_queries_have() -> None:
+    feats, vectors, titles, clicks = world()
+    multi = train_retrieval(feats, titles, clicks, config(epochs=60), vectors=vectors, progress=False)
+    rec = multi.info["history"][0]
+    # 16 titles and 24 clicks in batches of 8: 3 steps, each with one batch of each task
+    assert rec["steps"] == 3 and rec["pairs_titles"] == 24 and rec["pairs_clicks"] == 24
+    for r in multi.info["history"]:  # eq. 4: each step's loss is the mean of the two task losses
+        assert r["loss"] == pytest.approx((r["loss_titles"] + r["loss_clicks"]) / 2, rel=1e-5)
+    only_titles = train_retrieval(feats, titles, clicks, config(tasks="titles", epochs=60), vectors=vectors,
+                                  progress=False)
+    assert "pairs_clicks" not in only_titles.info["history"][0]
+    queries = {"clicks": clicks}
+    learned = validate(multi, feats, queries)["clicks"]["R@1"]
+    unseen = validate(only_titles, feats, queries)["clicks"]["R@1"]
+    assert learned >= 75 and unseen <= 25  # query words are unknown (one UNK row) without the click task
+
+
+@pytest.mark.parametrize("loss", ["triplet", "l2", "vse", "infonce"])
+def test_every_loss_trains(loss: str) -> None:
+    feats, vectors, titles, clicks = world()
+    model = train_retrieval(feats, titles, clicks, config(loss=loss, epochs=15), vectors=vectors,
+                            progress=False)
+    history = model.info["history"]
+    assert all(np.isfinite(r["loss"]) for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    vecs = model.text_vectors(["the tw1"])
+    if loss == "infonce":  # cosine geometry: unit vectors, inner-product search
+        assert model.metric == "ip" and np.linalg.norm(vecs) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tasks_need_their_data() -> None:
+    feats, vectors, titles, _ = world()
+    with pytest.raises(EmitError, match="needs clicks pairs"):
+        train_retrieval(feats, titles, None, config(), vectors=vectors, progress=False)
+    with pytest.raises(EmitError, match="out of range"):
+        train_retrieval(feats[:3], titles, None, config(tasks="titles"), vectors=vectors, progress=False)
+
+
+def test_save_load_round_trip_with_image_projection(tmp_path) -> None:
+    feats, vectors, titles, clicks = world()
+    cfg = config(epochs=3, image_projection=True, normalise_images=True)
+    model = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=tmp_path / "run",
+                            backbone={"name": "synthetic"}, progress=False)
+    assert (tmp_path / "run" / MODEL_FILE).is_file() and not (tmp_path / "run" / CHECKPOINT).exists()
+    assert (tmp_path / "run" / CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = RetrievalModel.load(tmp_path / "run")
+    assert loaded.identity() == model.identity() and loaded.backbone == {"name": "synthetic"}
+    assert loaded.margin == model.margin and loaded.projection is not None
+    texts = ["the tw3", "a qw5"]
+    assert np.allclose(loaded.text_vectors(texts), model.text_vectors(texts), atol=1e-6)
+    assert np.allclose(loaded.image_vectors(feats), model.image_vectors(feats), atol=1e-6)
+    assert not np.allclose(model.image_vectors(feats), feats)  # normalised (and projected)
+
+
+def _states(model: RetrievalModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.encoder.state_dict().items()}
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
+    feats, vectors, titles, clicks = world()
+    cfg = config(epochs=4, num_layers=2, dropout=0.25)  # dropout: its randomness must resume too
+    whole = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=tmp_path / "whole",
+                            progress=False)
+
+    run = tmp_path / "killed"
+
+    def kill_after_two(epoch: int, record: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=run, progress=False,
+                        on_epoch=kill_after_two)
+    assert (run / CHECKPOINT).is_file() and not (run / MODEL_FILE).exists()
+    with pytest.raises(EmitError, match="resume"):
+        RetrievalModel.load(run)
+    with pytest.raises(EmitError, match=r"other settings \(lr\)"):
+        train_retrieval(feats, titles, clicks, config(epochs=4, num_layers=2, dropout=0.25, lr=0.5),
+                        vectors=vectors, out=run, progress=False)
+
+    ran: list[int] = []
+    resumed = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=run, progress=False,
+                              on_epoch=lambda e, r: ran.append(e))
+    assert ran == [3, 4] and resumed.info["resumed_from"] == 2
+    assert [r["loss"] for r in resumed.info["history"]] == [r["loss"] for r in whole.info["history"]]
+    a, b = _states(whole), _states(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (run / CHECKPOINT).exists()
+
+    ran.clear()  # a finished run with the same settings is loaded, not retrained
+    again = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=run, progress=False,
+                            on_epoch=lambda e, r: ran.append(e))
+    assert ran == [] and again.identity() == resumed.identity()
+    with pytest.raises(EmitError, match="already holds a model"):
+        train_retrieval(feats, titles, clicks, config(epochs=5), vectors=vectors, out=run, progress=False)
