@@ -327,7 +327,7 @@ def test_clicks_aggregate_jsonl_and_tsv(tmp_path: Path) -> None:
         jl(query="red  dress", image="./a.jpg"),
         jl(query="red dress", image="b.jpg", clicks=5),
         jl(query="blue shirt", image="b.jpg", count=0),
-        jl(text="not a query", image="a.jpg"),
+        jl(title="neither query nor text", image="a.jpg"),
     ])
     caps, problems = read_clicks(path)
     assert [(c.text, c.image.name, c.count, c.line) for c in caps] == [
@@ -382,3 +382,20 @@ def test_group_by_image_and_image_indices(tmp_path: Path) -> None:
     paths2, of = image_indices(caps)
     assert paths2 == paths and of.tolist() == [0, 1, 0, 2, 1]
     assert group_by_image([]) == ([], [])
+
+
+def test_clicks_accept_text_as_the_query_field(tmp_path):
+    """A query file in the caption layout ({"image", "text"}) reads as a click log."""
+    from PIL import Image
+
+    from emit.data.captions import read_clicks
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.jpg")
+    (tmp_path / "q.jsonl").write_text(
+        '{"image": "a.jpg", "text": "men red shirt", "category": "Topwear"}\n'
+        '{"image": "a.jpg", "text": "Men  Red shirt"}\n', encoding="utf-8")
+    caps, problems = read_clicks(tmp_path / "q.jsonl")
+    assert not problems and len(caps) == 1 and caps[0].text == "men red shirt" and caps[0].count == 2
+    (tmp_path / "q.csv").write_text("image,text\na.jpg,men red shirt\n", encoding="utf-8")
+    caps, problems = read_clicks(tmp_path / "q.csv")
+    assert not problems and [c.text for c in caps] == ["men red shirt"]

@@ -431,6 +431,9 @@ def read_clicks(path: PathLike, image_root: PathLike | None = None, *, check_ima
                 problems: ProblemLog | None = None) -> tuple[list[Caption], ProblemLog]:
     """Read a click log: JSON lines or CSV/TSV with ``query``, ``image`` and optional ``count``/``clicks``.
 
+    ``text`` is accepted in place of ``query``, so a query file in the caption layout
+    (``{"image": ..., "text": ...}``, as in fashion-retrieval's queries.jsonl) reads as clicks.
+
     A row without a count is one click. Rows with the same query and image are merged into one
     caption (the first row's text and line) whose ``count`` is the sum; queries are compared
     after collapsing white space and case, so "Red  Dress" and "red dress" are one query.
@@ -439,15 +442,22 @@ def read_clicks(path: PathLike, image_root: PathLike | None = None, *, check_ima
     problems = problems if problems is not None else ProblemLog()
     text = _require_lines(path, read_text(path))
     col = _Collector(path, _root(path, image_root), problems, _CLICK_EXAMPLE)
-    rows = (_jsonl_rows(path, text, problems, _CLICK_EXAMPLE) if _is_jsonl(path, text)
-            else _csv_rows(path, text, ("query", "image"), problems, "query,image[,count]"))
+    if _is_jsonl(path, text):
+        rows = _jsonl_rows(path, text, problems, _CLICK_EXAMPLE)
+    else:
+        header = next((line for _, line in _lines(text) if line.strip()), "").lower()
+        query_column = "text" if ("text" in header and "query" not in header) else "query"
+        rows = _csv_rows(path, text, (query_column, "image"), problems, "query,image[,count]")
     merged: dict[tuple[str, str], int] = {}
     out: list[Caption] = []
     for n, row in rows:
         count_field = "count" if "count" in row else "clicks"
         count = row.get(count_field, _MISSING)
-        caption = col.add(f"line {n}", n, row.get("image", _MISSING), row.get("query", _MISSING),
-                          row.get("category", _MISSING), count, text_field="query", count_field=count_field)
+        # a query file in the caption layout ({"image", "text"}) is a click log of one click each
+        query_field = "query" if ("query" in row or "text" not in row) else "text"
+        caption = col.add(f"line {n}", n, row.get("image", _MISSING), row.get(query_field, _MISSING),
+                          row.get("category", _MISSING), count, text_field=query_field,
+                          count_field=count_field)
         if caption is None:
             continue
         key = (" ".join(caption.text.split()).casefold(), caption.image_id)
