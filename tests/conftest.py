@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 
+import faiss
 import pytest
 import torch
 
@@ -13,3 +14,12 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_faiss_thread() -> Iterator[None]:
+    # FAISS's OpenMP threads contend with torch's on the two cores the same way.
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

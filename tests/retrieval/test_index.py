@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,6 @@ BACKBONE = {"name": "efficientnet-lite0", "weights_sha256": "aaa", "image_size":
 ENCODER = {"name": "lstm", "config": {"hidden": 8}, "weights_sha256": "bbb"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def data(n: int = 300, d: int = 16, q: int = 6, seed: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
