@@ -215,3 +215,24 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
     assert ran == [] and again.identity() == resumed.identity()
     with pytest.raises(EmitError, match="already holds a model"):
         train_retrieval(feats, titles, clicks, config(epochs=5), vectors=vectors, out=run, progress=False)
+
+
+def test_split_key_keeps_a_products_photos_together(tmp_path) -> None:
+    """Near-duplicate photos of one product never straddle the validation split."""
+    from emit.retrieval.jobs import split_key
+
+    product = [tmp_path / "data" / "600115" / f"600115_{k}.jpg" for k in range(6)]
+    others = [tmp_path / "data" / "images" / f"{k}.jpg" for k in range(40)]
+    assert {split_key(p) for p in product} == {"product:600115"}
+    assert len({split_key(p) for p in others}) == 40
+    moved = tmp_path / "elsewhere" / "images" / "3.jpg"
+    assert split_key(moved) == split_key(others[3])  # moving the data keeps the split
+    keys = [split_key(p) for p in product + others]
+    rows = np.arange(len(keys))
+    tasks = {"titles": Pairs([f"t{i}" for i in rows], rows)}
+    sides = []
+    for seed in range(30):
+        _train, val = split_validation(tasks, keys, 0.3, seed)
+        held = set(val["titles"].images.tolist()) if val else set()
+        sides.append(len(held & set(range(6))))
+    assert set(sides) == {0, 6}, "the product is held out whole for some seeds, never in part"

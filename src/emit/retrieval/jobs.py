@@ -76,6 +76,19 @@ def _write_problems(problems: ProblemLog, path: Path) -> None:
 # --------------------------------------------------------------------------- train
 
 
+def split_key(path: Path) -> str:
+    """The validation group of an image.
+
+    Photos in the Taobao product layout (``<pid>/<pid>_<k>.jpg``) are near-duplicates of one
+    product, so they are held out together; any other image is its own group. Keys use the
+    folder and file name, not the absolute path, so moving the data does not move the split.
+    """
+    parent = path.parent.name
+    if parent and path.stem.startswith(f"{parent}_"):
+        return f"product:{parent}"
+    return f"{parent}/{path.name}"
+
+
 def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, config: RetrievalConfig, *,
               titles_format: str = "auto", clicks_format: str = "clicks", image_root: PathLike | None = None,
               val_titles: PathLike | None = None, val_clicks: PathLike | None = None,
@@ -113,7 +126,8 @@ def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, c
     row_of = {k: i for i, k in enumerate(keys)}
     pairs = {name: Pairs.from_captions(caps, row_of) if caps else None for name, caps in parts.items()}
     model = train_retrieval(feats[ok], pairs["titles"], pairs["clicks"], config, out=out,
-                            val_titles=pairs["val_titles"], val_clicks=pairs["val_clicks"], image_keys=keys,
+                            val_titles=pairs["val_titles"], val_clicks=pairs["val_clicks"],
+                            image_keys=[split_key(Path(k)) for k in keys],
                             vectors=vectors, backbone=backbone.identity, progress=progress)
     _write_problems(problems, Path(out) / "train_problems.json")
     info = model.info
