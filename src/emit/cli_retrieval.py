@@ -39,6 +39,8 @@ _FLAGS: dict[str, tuple[Any, str, list[str] | None]] = {
     "margin": (float, "loss margin in squared-distance units (if not given: the median squared distance "
                       "from an image to its n-negatives-th nearest image in a batch)", None),
     "n_negatives": (int, "in-batch hard negatives per anchor (patr, triplet)", None),
+    "extra_stopwords": (str, "comma-separated words that never block a negative, e.g. 'men,women' for "
+                        "catalogue texts (added to the English stopwords)", None),
     "mining": (str, "never take negatives from texts sharing any / all of the anchor's words, or "
                     "only exclude the same image (none)", list(MINING_MODES)),
     "temperature": (float, "InfoNCE temperature", None),

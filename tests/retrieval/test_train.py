@@ -236,3 +236,17 @@ def test_split_key_keeps_a_products_photos_together(tmp_path) -> None:
         held = set(val["titles"].images.tolist()) if val else set()
         sides.append(len(held & set(range(6))))
     assert set(sides) == {0, 6}, "the product is held out whole for some seeds, never in part"
+
+
+def test_extra_stopwords_let_shared_catalogue_words_give_negatives() -> None:
+    """'men' in every text blocks all negatives under mining 'any' unless it is a stopword."""
+    torch.manual_seed(0)
+    text, image = torch.randn(4, 3), torch.randn(4, 3)
+    rows = torch.arange(4)
+    tokens = [["men", "red"], ["men", "blue"], ["men", "green"], ["men", "black"]]
+    positives_only = l2_loss(text, image).item()
+    blocked = task_loss(text, image, rows, tokens, torch.ones(4), config(), margin=100.0)
+    assert blocked.item() == pytest.approx(positives_only)
+    freed = task_loss(text, image, rows, tokens, torch.ones(4), config(extra_stopwords="men, Women"),
+                      margin=100.0)
+    assert freed.item() > positives_only + 100

@@ -43,6 +43,10 @@ class RetrievalConfig:
     margin: float | None = None
     n_negatives: int = 5  # mined in-batch negatives per anchor (patr, triplet)
     mining: Literal["any", "all", "none"] = "any"  # which in-batch texts may not give negatives
+    # Comma-separated words that never block a negative, on top of the English stopwords.
+    # Catalogue texts repeat words like "men" or "women" everywhere; with mining 'any' they
+    # would otherwise remove every same-gender negative, the hardest ones.
+    extra_stopwords: str = ""
     temperature: float = 0.07  # infonce only
     click_weight: Literal["none", "log", "count"] = "log"  # per-pair weight of a clicked query
     tasks: Literal["multitask", "titles", "clicks"] = "multitask"

@@ -65,7 +65,7 @@ from emit.retrieval.encoders import (
     save_text_encoder,
 )
 from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
-from emit.retrieval.mining import mine_negatives
+from emit.retrieval.mining import ENGLISH_STOPWORDS, mine_negatives
 from emit.split import in_validation
 from emit.text.tokenize import tokenize
 from emit.text.vectors import WordVectors, load_fasttext_bin, load_fasttext_vec, load_glove_txt
@@ -292,6 +292,11 @@ def click_weights(pairs: Pairs, how: str) -> np.ndarray:
     return pairs.counts.copy()
 
 
+def _stopwords(config: RetrievalConfig) -> frozenset[str] | None:
+    extra = {w.strip().lower() for w in config.extra_stopwords.split(",") if w.strip()}
+    return ENGLISH_STOPWORDS | extra if extra else None
+
+
 def task_loss(text: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, tokens: Sequence[Sequence[str]],
               weights: torch.Tensor, config: RetrievalConfig, margin: float) -> torch.Tensor:
     """Weighted mean loss of one task's batch: texts ``(B, D)`` against their images ``(B, D)``.
@@ -303,7 +308,8 @@ def task_loss(text: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, token
     fn = LOSSES[name]
     if name in NEEDS_NEGATIVES:
         words = None if config.mining == "none" else tokens
-        neg_index, valid = mine_negatives(text, image, words, rows, config.n_negatives, config.mining)
+        neg_index, valid = mine_negatives(text, image, words, rows, config.n_negatives, config.mining,
+                                          stopwords=_stopwords(config))
         per = fn(text, image, image[neg_index], margin, valid, reduction="none")
     elif name == "l2":
         per = fn(text, image, reduction="none")
