@@ -12,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from emit import __version__
-from emit.config import PairingConfig
+from emit.config import PairingConfig, from_dict
 from emit.problems import EmitError
 
 log = logging.getLogger("emit")
@@ -27,7 +27,7 @@ def _setup(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, min(args.threads or (os.cpu_count() or 1), os.cpu_count() or 1)))
 
 
-def _print(obj: Any) -> None:
+def print_json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=1))
 
 
@@ -79,14 +79,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> PairingConfig:
-    names = {f.name for f in fields(PairingConfig)}
-    return PairingConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+    return from_dict(PairingConfig, vars(args)).validate()
 
 
 def cmd_pair_train(args: argparse.Namespace) -> int:
     from emit.pairing.jobs import train_job
 
-    _print(train_job(args.data, args.out, _config_from(args), image_root=args.image_root,
+    print_json(train_job(args.data, args.out, _config_from(args), image_root=args.image_root,
                      cache_dir=args.cache_dir, progress=not args.quiet))
     return 0
 
@@ -94,7 +93,7 @@ def cmd_pair_train(args: argparse.Namespace) -> int:
 def cmd_pair_predict(args: argparse.Namespace) -> int:
     from emit.pairing.jobs import predict_job
 
-    _print(predict_job(args.model, args.data, args.out, image_root=args.image_root,
+    print_json(predict_job(args.model, args.data, args.out, image_root=args.image_root,
                        cache_dir=args.cache_dir, assign=args.assign, combine=args.combine,
                        progress=not args.quiet))
     return 0
@@ -117,7 +116,7 @@ def cmd_pair_evaluate(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from emit.jobs import split_job
 
-    _print(split_job(args.data, args.out, val_fraction=args.val_fraction, seed=args.seed,
+    print_json(split_job(args.data, args.out, val_fraction=args.val_fraction, seed=args.seed,
                      materialise=args.materialise, into=args.into))
     return 0
 
@@ -128,7 +127,7 @@ def cmd_labels_stats(args: argparse.Namespace) -> int:
     stats = labels_stats_job(args.tags, min_count=args.min_count, top_k=args.top_k,
                              vocab=args.vocab, top=args.top)
     if args.json:
-        _print(stats)
+        print_json(stats)
     else:
         cov = stats["coverage"]
         print(f"{cov['distinct_tags']} distinct tags, {cov['tag_occurrences']} occurrences "
@@ -147,7 +146,7 @@ def cmd_labels_stats(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from emit.jobs import demo_job
 
-    _print(demo_job(args.out, n_products=args.products, seed=args.seed, progress=not args.quiet))
+    print_json(demo_job(args.out, n_products=args.products, seed=args.seed, progress=not args.quiet))
     return 0
 
 

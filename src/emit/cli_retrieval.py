@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import fields
 from typing import Any
 
+from emit.cli import print_json
+from emit.config import from_dict
 from emit.retrieval.config import CLICK_WEIGHTS, MINING_MODES, TASKS, RetrievalConfig
 
 _FORMATS = ["auto", "jsonl", "csv", "flickr8k", "coco", "pascal", "clicks"]
@@ -61,10 +61,6 @@ _SWITCHES = {
 }
 
 
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, ensure_ascii=False, indent=1))
-
-
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     defaults = RetrievalConfig()
     for name, (kind, help_text, choices) in _FLAGS.items():
@@ -76,8 +72,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> RetrievalConfig:
-    names = {f.name for f in fields(RetrievalConfig)}
-    return RetrievalConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+    return from_dict(RetrievalConfig, vars(args)).validate()
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -86,26 +81,27 @@ def config_from(args: argparse.Namespace) -> RetrievalConfig:
 def cmd_retrieval_train(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import train_job
 
-    _print(train_job(args.titles, args.clicks, args.out, config_from(args), titles_format=args.titles_format,
-                     clicks_format=args.clicks_format, image_root=args.image_root, val_titles=args.val_titles,
-                     val_clicks=args.val_clicks, cache_dir=args.cache_dir, progress=not args.quiet))
+    print_json(train_job(args.titles, args.clicks, args.out, config_from(args),
+                         titles_format=args.titles_format, clicks_format=args.clicks_format,
+                         image_root=args.image_root, val_titles=args.val_titles,
+                         val_clicks=args.val_clicks, cache_dir=args.cache_dir, progress=not args.quiet))
     return 0
 
 
 def cmd_retrieval_evaluate(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import evaluate_job
 
-    _print(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
-                        cache_dir=args.cache_dir, out=args.out, progress=not args.quiet))
+    print_json(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
+                            cache_dir=args.cache_dir, out=args.out, progress=not args.quiet))
     return 0
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import build_index_job
 
-    _print(build_index_job(args.run, args.images, args.out, kind=args.kind, texts=args.texts,
-                           texts_format=args.texts_format, image_root=args.image_root,
-                           cache_dir=args.cache_dir, progress=not args.quiet))
+    print_json(build_index_job(args.run, args.images, args.out, kind=args.kind, texts=args.texts,
+                               texts_format=args.texts_format, image_root=args.image_root,
+                               cache_dir=args.cache_dir, progress=not args.quiet))
     return 0
 
 
@@ -115,7 +111,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = search_job(args.index, args.text, image=args.image, top=args.top, target=args.target,
                         model=args.model, cache_dir=args.cache_dir)
     if args.json:
-        _print(result)
+        print_json(result)
         return 0
     print(f"# {result['kind']} query -> {result['target']}; score: {result['order']}")
     for hit in result["results"]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from emit.config import PairingConfig, to_dict
+from emit.config import PairingConfig
 from emit.data.products import read_products, read_truth, write_final_json
 from emit.files import atomic_write_bytes, atomic_write_json
 from emit.pairing.assign import AssignMode
@@ -27,14 +27,9 @@ from emit.pairing.pipeline import (
 from emit.pairing.report import evaluate_pairing, write_report
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import create_backbone
+from emit.vision.features import default_cache_dir
 
 log = logging.getLogger("emit")
-
-
-def default_cache_dir() -> Path:
-    """Feature cache shared by all runs: $EMIT_CACHE_DIR, else ~/.cache/emit/features."""
-    env = os.environ.get("EMIT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "emit" / "features"
 
 
 def baseline_path(pred_path: str | os.PathLike[str]) -> Path:
@@ -152,6 +147,3 @@ def _plot_curves(model: PairingModel, path: Path) -> Path:
     fig.savefig(buf, format="png", dpi=110)
     return atomic_write_bytes(path, buf.getvalue())
 
-
-def config_summary(config: PairingConfig) -> dict[str, Any]:
-    return to_dict(config)

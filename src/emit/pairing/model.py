@@ -38,6 +38,12 @@ def colour_one_hot(tags: Sequence[str]) -> np.ndarray:
     return out
 
 
+def head_inputs(config: PairingConfig, features: np.ndarray,
+                groups: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Head inputs for raw backbone features of images grouped by product (training and use)."""
+    return with_product_context(features, groups) if config.product_context else features
+
+
 @dataclass
 class Member:
     """One model of the bag: the labels it sees and its head."""
@@ -62,8 +68,7 @@ class PairingModel:
 
     # ---- features -> costs -------------------------------------------------------------
     def inputs(self, features: np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Head inputs for raw backbone features of images grouped by product."""
-        return with_product_context(features, groups) if self.config.product_context else features
+        return head_inputs(self.config, features, groups)
 
     def member_logits(self, inputs: np.ndarray) -> list[np.ndarray]:
         return [m.head.logits(inputs) for m in self.members]

@@ -9,18 +9,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import softmax
 
 from emit.config import PairingConfig
 from emit.data.products import Product
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
-from emit.pairing.model import Member, PairingModel, colour_one_hot
+from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
 from emit.pairing.tagger import (
     LISTWISE_TEMPERATURE,
     FitResult,
     LabelledImages,
     fit_head,
-    with_product_context,
 )
 from emit.problems import EmitError, ProblemLog
 from emit.split import in_validation
@@ -139,7 +139,7 @@ def train_pairing(
     pf = features or extract_product_features(products, backbone, cache_dir=cache_dir,
                                               hflip_tta=config.hflip_tta, problems=problems,
                                               progress=progress)
-    inputs = with_product_context(pf.features, pf.groups) if config.product_context else pf.features
+    inputs = head_inputs(config, pf.features, pf.groups)
     data, pids = labelled_rows(pf, inputs, vocab.encode_many)
 
     members: list[Member] = []
@@ -200,7 +200,7 @@ def predict_pairing(
         if readable:
             choice, cost = model.decide([z[readable] for z in logits], product.optional_tags,
                                         assign_mode, combine_mode)
-            prob = _softmax(-cost / scale)
+            prob = softmax(-cost / scale, axis=1)
             base_choice = (model.baseline_decide(base_logits[readable], product.optional_tags,
                                                  assign_mode) if base_logits is not None else None)
             slots = [i for i, r in enumerate(rows) if r is not None]
@@ -211,12 +211,6 @@ def predict_pairing(
                     base[i] = product.optional_tags[base_choice[j]]
         out.append(ProductDecision(product.product_id, tags, conf, cost, base))
     return out
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def check_backbone(model: PairingModel, backbone: Backbone) -> None:

@@ -31,7 +31,7 @@ from emit.retrieval.index import KINDS, build_index, load_index
 from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
 from emit.text.vectors import WordVectors
 from emit.vision.backbones import Backbone, create_backbone
-from emit.vision.features import extract_features
+from emit.vision.features import default_cache_dir, extract_features
 
 log = logging.getLogger("emit")
 
@@ -44,8 +44,6 @@ PathLike = str | os.PathLike[str]
 
 
 def _cache(cache_dir: PathLike | None) -> Path:
-    from emit.pairing.jobs import default_cache_dir  # the one cache both workflows share
-
     return Path(cache_dir) if cache_dir else default_cache_dir()
 
 

@@ -27,6 +27,12 @@ from emit.vision.backbones import Backbone
 _SQL_CHUNK = 500  # stay under sqlite's host-parameter limit in IN (...) queries
 
 
+def default_cache_dir() -> Path:
+    """Feature cache shared by every workflow: $EMIT_CACHE_DIR, else ~/.cache/emit/features."""
+    env = os.environ.get("EMIT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "emit" / "features"
+
+
 def feature_key(backbone: Backbone, hflip_tta: bool = False) -> str:
     """Cache key for ``backbone``'s features; test-time flipping gives different features."""
     return backbone.key + ("-hflip" if hflip_tta else "")
