@@ -51,7 +51,8 @@ _FLAGS: dict[str, tuple[Any, str, list[str] | None]] = {
     "beta1": (float, "Adam beta1 (the paper: 0.99)", None),
     "beta2": (float, "Adam beta2", None),
     "grad_clip": (float, "clip the gradient norm (0 = off)", None),
-    "epochs": (int, "training epochs (a killed run resumes; it may be given more)", None),
+    "epochs": (int, "training epochs (a killed run resumes, and may be given more epochs "
+                        "before it has finished)", None),
     "val_fraction": (float, "share of images held out for validation (0 = none)", None),
     "seed": (int, "random seed", None),
 }
@@ -92,7 +93,8 @@ def cmd_retrieval_evaluate(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import evaluate_job
 
     print_json(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
-                            cache_dir=args.cache_dir, out=args.out, progress=not args.quiet))
+                            cache_dir=args.cache_dir, out=args.out, held_out=args.held_out,
+                            progress=not args.quiet))
     return 0
 
 
@@ -155,6 +157,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--captions", required=True, help="captions to evaluate on")
     e.add_argument("--format", default="auto", choices=_FORMATS, help="format of the captions file")
     e.add_argument("--out", default=None, help="report prefix (if not given: RUN/eval_<captions name>)")
+    e.add_argument("--held-out", action="store_true",
+                   help="keep only the images the run held out for validation (--val-fraction), so a "
+                        "run can be evaluated on the training files without scoring training images")
     e.set_defaults(func=cmd_retrieval_evaluate)
 
     index = sub.add_parser("index", help="nearest-neighbour indexes of images")

@@ -239,8 +239,22 @@ def median_rank(S: npt.ArrayLike, relevant: Sequence[Iterable[int]]) -> float:
     return float(np.median(_best_ranks(arr, _relevance_mask(relevant, arr.shape))))
 
 
+def _mask(
+    arr: npt.NDArray[np.float64], query_labels: npt.ArrayLike | None, item_labels: npt.ArrayLike | None,
+    relevant: Sequence[Iterable[int]] | None,
+) -> npt.NDArray[np.bool_]:
+    if relevant is not None:
+        if query_labels is not None or item_labels is not None:
+            raise ValueError("give either labels or relevant sets, not both")
+        return _relevance_mask(relevant, arr.shape)
+    if query_labels is None or item_labels is None:
+        raise ValueError("give query and item labels, or relevant sets")
+    return _label_mask(query_labels, item_labels, arr.shape)
+
+
 def map_at_r(
-    S: npt.ArrayLike, query_labels: npt.ArrayLike, item_labels: npt.ArrayLike, R: int | None = 50
+    S: npt.ArrayLike, query_labels: npt.ArrayLike | None = None, item_labels: npt.ArrayLike | None = None,
+    R: int | None = 50, *, relevant: Sequence[Iterable[int]] | None = None,
 ) -> float:
     """Mean over queries of AP@R = (1/R) * sum_{i<=R} P@i * rel_i (Musgrave et al. 2020).
 
@@ -249,10 +263,11 @@ def map_at_r(
     query cannot reach 1; that is the definition, not a bug. ``R=None`` uses each query's
     own number of relevant items as its R, which is the paper's MAP@R exactly. (When
     queries are also items, the caller must remove each query's own item, as the paper does.)
+    Instead of labels, ``relevant[q]`` may list the items relevant to query ``q``.
     Returned as a fraction in [0, 1].
     """
     arr = _scores(S)
-    mask = _label_mask(query_labels, item_labels, arr.shape)
+    mask = _mask(arr, query_labels, item_labels, relevant)
     n_rel = mask.sum(axis=1)
     if R is None:
         r_q = n_rel
@@ -271,14 +286,15 @@ def map_at_r(
 
 
 def mean_average_precision(
-    S: npt.ArrayLike, query_labels: npt.ArrayLike, item_labels: npt.ArrayLike
+    S: npt.ArrayLike, query_labels: npt.ArrayLike | None = None, item_labels: npt.ArrayLike | None = None,
+    *, relevant: Sequence[Iterable[int]] | None = None,
 ) -> float:
     """Mean over queries of full-ranking AP = (1/#relevant) * sum_i P@i * rel_i.
 
-    Relevance = same label. Returned as a fraction in [0, 1].
+    Relevance = same label, or the items listed in ``relevant[q]``. Returned as a fraction in [0, 1].
     """
     arr = _scores(S)
-    mask = _label_mask(query_labels, item_labels, arr.shape)
+    mask = _mask(arr, query_labels, item_labels, relevant)
     rel = np.take_along_axis(mask, _ranking(arr), axis=1)
     prec = np.cumsum(rel, axis=1) / np.arange(1, arr.shape[1] + 1)
     ap = (prec * rel).sum(axis=1) / rel.sum(axis=1)

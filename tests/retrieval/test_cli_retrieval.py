@@ -150,3 +150,23 @@ def test_search_refuses_bad_requests(trained, data) -> None:
         run(["index", "build", trained["run"], data["root"] / "missing.png", "--out", data["root"] / "idx2"])
     with pytest.raises(SystemExit):
         run(["retrieval", "train", "--out", "x", "--loss", "hinge"])  # argparse refuses the choice
+
+
+def test_evaluate_held_out_scores_only_the_runs_validation_images(trained, data, tmp_path, capsys) -> None:
+    with pytest.raises(EmitError, match="held no images out"):
+        run(["retrieval", "evaluate", trained["run"], "--captions", data["titles"], "--held-out",
+             "--cache-dir", trained["cache"], "-q"])
+    out = tmp_path / "run"
+    assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"], "--out", out,
+                "--backbone", "colour-hist", "--vectors", data["vectors"], "--hidden", 8, "--num-layers", 1,
+                "--epochs", 2, "--batch-size", 20, "--val-fraction", 0.3, "--cache-dir", trained["cache"],
+                "-q"]) == 0
+    capsys.readouterr()
+    assert run(["retrieval", "evaluate", out, "--captions", data["titles"], "--held-out",
+                "--cache-dir", trained["cache"], "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    meta = json.loads((out / "retrieval.json").read_text())["info"]
+    assert meta["validation"] == "held_out"
+    # exactly the images training held out: 2 titles each, all of them and nothing else
+    assert summary["images"] == meta["val_pairs"]["titles"] // 2 == 20 - meta["pairs"]["titles"] // 2
+    assert summary["captions"] == meta["val_pairs"]["titles"]

@@ -52,7 +52,7 @@ def test_recall_and_median_rank_in_both_directions() -> None:
     assert (t2i["R@1"], t2i["R@5"], t2i["R@10"], t2i["R@20"]) == (50.0, 100.0, 100.0, 100.0)
     assert t2i["median_rank"] == 1.5  # ranks 1, 2, 3, 1
     assert i2t["R@1"] == pytest.approx(100 / 3) and i2t["median_rank"] == 2.0  # ranks 1, 4, 2
-    assert r["counts"] == {"captions": 4, "images": 3, "images_with_captions": 3}
+    assert r["counts"] == {"captions": 4, "images": 3, "images_with_captions": 3, "distinct_texts": 4}
     # the recall curve: R@K for K = 1..3 (as many as there are images)
     assert r["recall_curve"]["K"] == [1, 2, 3]
     assert r["recall_curve"]["text_to_image"] == [50.0, 75.0, 100.0]
@@ -66,6 +66,29 @@ def test_image_to_text_hits_if_any_caption_is_in_the_top_k() -> None:
     r = evaluate_embeddings(texts, images, [0, 0, 1])
     assert r["image_to_text"]["R@1"] == 100.0 and r["image_to_text"]["median_rank"] == 1.0
     assert r["text_to_image"]["R@1"] == pytest.approx(200 / 3)
+
+
+def test_identical_texts_are_one_query_that_finds_any_of_their_images() -> None:
+    # Captions 0 and 2 read the same ("Red  shirt" folds to "red shirt"); they describe I0 and I1.
+    texts = ["red shirt", "blue shirt", "Red  shirt", "green hat"]
+    of = [0, 1, 1, 2]
+    vecs = np.array([[0, 9.0], [10, 0], [0, 9.0], [0, 10]], dtype=np.float32)
+    # the shared text sits nearest I2, then I0, then I1: its best relevant image ranks 2
+    r = evaluate_embeddings(vecs, IMAGES, of, texts=texts)
+    assert r["counts"]["distinct_texts"] == 3
+    t2i = r["text_to_image"]
+    assert t2i["R@1"] == pytest.approx(200 / 3) and t2i["median_rank"] == 1.0  # ranks 2, 1, 1
+    # I0's nearest texts tie (captions 0 and 2, same text): either copy is a hit
+    i2t = r["image_to_text"]
+    assert i2t["R@1"] == 100.0
+    moved = vecs.copy()
+    moved[0] = [0, 9.5]  # caption 0 now loses to its copy at index 2, which still counts for I0
+    assert evaluate_embeddings(moved, IMAGES, of, texts=texts)["image_to_text"]["R@1"] == 100.0
+    assert evaluate_embeddings(moved, IMAGES, of)["image_to_text"]["R@1"] == pytest.approx(200 / 3)
+    # image relevance for mAP: the same sets as R@K (query: shared text -> I0 and I1)
+    assert r["map"]["text_to_image"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1 + 1) / 3)
+    # without texts every caption is its own query, as before
+    assert evaluate_embeddings(vecs, IMAGES, of)["counts"]["distinct_texts"] == 4
 
 
 def test_map_by_category() -> None:

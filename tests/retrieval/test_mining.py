@@ -41,18 +41,20 @@ def slow_overlap(token_lists, stopwords, mode):
 
 
 def slow_mine(text, image, token_lists, ids, n, mode, stopwords=ENGLISH_STOPWORDS):
-    """Per anchor: allowed candidates sorted by (distance, index), padded with the anchor itself."""
+    """Per anchor: allowed images (first column of each) sorted by (distance, index), padded with
+    the anchor itself."""
     words = [slow_words(t, stopwords) for t in token_lists]
     index, valid, dists, allowed = [], [], [], []
+    def barred(i, j):
+        return (mode == "any" and bool(words[i] & words[j])) or (
+            mode == "all" and bool(words[i]) and words[i] <= words[j])
+
     for i in range(len(text)):
         cands = []
         for j in range(len(text)):
-            if j == i or ids[j] == ids[i]:
-                continue
-            if mode == "any" and words[i] & words[j]:
-                continue
-            if mode == "all" and words[i] and words[i] <= words[j]:
-                continue
+            group = [k for k in range(len(text)) if ids[k] == ids[j]]
+            if j != min(group) or ids[j] == ids[i] or any(barred(i, k) for k in group):
+                continue  # one candidate per image, barred if any of its texts is
             d = sum((x - y) ** 2 for x, y in zip(text[i], image[j], strict=True))
             cands.append((d, j))
         cands.sort()
@@ -124,18 +126,32 @@ def test_same_image_is_never_a_negative():
     text = torch.tensor([[0.0], [0.1], [5.0], [9.0]])
     image = torch.tensor([[0.0], [0.1], [5.0], [9.0]])
     idx, valid = mine_negatives(text, image, None, ["x", "x", "y", "z"], 2, "none")
-    assert idx.tolist() == [[2, 3], [2, 3], [3, 1], [2, 1]]
+    assert idx.tolist() == [[2, 3], [2, 3], [3, 0], [2, 0]]  # image x once, at its first column
     assert valid.all()
+
+
+def test_negatives_are_distinct_images():
+    # Three captions of image "a" sit nearest the anchor; it may be taken once only.
+    text = torch.tensor([[0.0], [1.0], [1.0], [1.0], [4.0]])
+    idx, valid = mine_negatives(text, text.clone(), None, ["q", "a", "a", "a", "b"], 3, "none")
+    assert idx[0][valid[0]].tolist() == [1, 4]
+
+
+def test_an_image_is_barred_when_any_of_its_texts_shares_words():
+    text = image = torch.tensor([[0.0], [1.0], [1.0], [3.0]])
+    tokens = [["red", "dress"], ["blue", "coat"], ["a", "red", "coat"], ["green", "hat"]]
+    idx, valid = mine_negatives(text, image, tokens, ["q", "a", "a", "b"], 3, "any")
+    assert idx[0][valid[0]].tolist() == [3]  # image a has a caption with 'red'
 
 
 def test_padding_and_valid_mask():
     text = image = torch.tensor([[0.0], [1.0], [2.0]])
     tokens = [["red", "dress"], ["red", "shoe"], ["blue", "hat"]]
     idx, valid = mine_negatives(text, image, tokens, torch.tensor([0, 1, 1]), 4, "any")
-    # 0: 1 shares "red" -> only 2. 1: same image as 2 and shares "red" with 0 -> nothing.
-    # 2: same image as 1 -> only 0.
-    assert valid.tolist() == [[True, False, False, False], [False] * 4, [True, False, False, False]]
-    assert idx.tolist() == [[2, 0, 0, 0], [1, 1, 1, 1], [0, 2, 2, 2]]
+    # 0: image 1 has a text sharing "red" -> nothing. 1: same image as 2, and image 0 shares
+    # "red" -> nothing. 2: same image as 1 -> only 0.
+    assert valid.tolist() == [[False] * 4, [False] * 4, [True, False, False, False]]
+    assert idx.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1], [0, 2, 2, 2]]
     # The padded indices are in range and ignored by the loss through the mask.
     loss = patr_loss(text, image, image[idx], 1.0, valid, reduction="none")
     torch.testing.assert_close(loss, torch.tensor([0.0, 0.0, 0.0]))

@@ -107,7 +107,11 @@ def test_patr_task_loss_never_uses_captions_of_the_same_image() -> None:
 
 def test_loss_falls_and_the_best_epoch_is_kept() -> None:
     feats, vectors, titles, _ = world()
-    model = train_retrieval(feats, titles, None, config(tasks="titles"), vectors=vectors, val_titles=titles,
+    # validation: near-copies of the 8 images (rows 8..15), named as their originals are
+    near = feats + 0.05 * np.random.default_rng(1).standard_normal(feats.shape).astype(np.float32)
+    feats = np.concatenate([feats, near])
+    val = Pairs([f"a {TITLE_WORDS[i]}" for i in range(N_IMAGES)], N_IMAGES + np.arange(N_IMAGES))
+    model = train_retrieval(feats, titles, None, config(tasks="titles"), vectors=vectors, val_titles=val,
                             progress=False)
     history = model.info["history"]
     assert len(history) == 25
@@ -116,8 +120,20 @@ def test_loss_falls_and_the_best_epoch_is_kept() -> None:
     assert model.info["best_epoch"] == int(np.argmax(scores)) + 1  # first best
     assert model.info["best_score"] == max(scores)
     # the kept weights are the best epoch's: validating the returned model gives its score
-    assert validate(model, feats, {"titles": titles})["score"] == pytest.approx(max(scores))
+    assert validate(model, feats, {"titles": val})["score"] == pytest.approx(max(scores))
     assert max(scores) > 60  # far above chance (8 images: mean R@1/5/10 of a random ranking ~ 44)
+
+
+def test_validation_images_leave_training_in_every_task() -> None:
+    feats, vectors, titles, clicks = world()
+    val_titles = titles.subset(titles.images < 2)  # images 0 and 1, titles only
+    model = train_retrieval(feats, titles, clicks, config(epochs=1), vectors=vectors, val_titles=val_titles,
+                            progress=False)
+    # their clicks (3 each) left training too, not only their titles (2 each)
+    assert model.info["pairs"] == {"titles": len(titles) - 4, "clicks": len(clicks) - 6}
+    with pytest.raises(EmitError, match="validation image"):
+        train_retrieval(feats, titles, None, config(tasks="titles"), vectors=vectors, val_titles=titles,
+                        progress=False)
 
 
 def test_multitask_steps_on_both_tasks_and_learns_words_only_queries_have() -> None:

@@ -92,11 +92,29 @@ def _curve(s: np.ndarray, relevant: list[list[int]], ks: Sequence[int]) -> list[
     return list(recall_at_k(s, relevant, ks).values())
 
 
+def text_groups(texts: Sequence[str] | None, n: int) -> np.ndarray:
+    """(n,) the first caption index holding each caption's text (case and spacing folded);
+    ``arange(n)`` without texts."""
+    if texts is None:
+        return np.arange(n)
+    if len(texts) != n:
+        raise EmitError(f"{len(texts)} texts for {n} captions")
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(" ".join(str(t).casefold().split()), i) for i, t in enumerate(texts)],
+                    dtype=np.int64)
+
+
 def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: str = "l2",
                         categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
-                        R: int = MAP_R) -> dict[str, Any]:
+                        R: int = MAP_R, texts: Sequence[str] | None = None) -> dict[str, Any]:
     """The report for caption vectors ``text`` (T, D), image vectors ``image`` (I, D), and
-    ``caption_image`` (T,), the image row of each caption; see the module docstring."""
+    ``caption_image`` (T,), the image row of each caption; see the module docstring.
+
+    With ``texts`` (the T caption strings), identical texts count as one: a query text that
+    several images share finds any of them (click logs repeat short queries across many
+    images, and the first copy of such a query could otherwise never rank them all first), and
+    an image finds any copy of its texts.
+    """
     s = similarity_matrix(text, image, metric)
     n_text, n_image = s.shape
     if n_text == 0 or n_image == 0:
@@ -107,17 +125,25 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
                         f"in 0..{n_image - 1}")
     if categories is not None and len(categories) != n_text:
         raise EmitError(f"{len(categories)} categories for {n_text} captions")
+    same_text = text_groups(texts, n_text)
+    images_of_text: dict[int, set[int]] = {}
+    captions_of_text: dict[int, list[int]] = {}
+    for i, (g, j) in enumerate(zip(same_text.tolist(), of.tolist(), strict=True)):
+        images_of_text.setdefault(g, set()).add(j)
+        captions_of_text.setdefault(g, []).append(i)
     groups: list[list[int]] = [[] for _ in range(n_image)]
     for i, j in enumerate(of.tolist()):
         groups[j].append(i)
     with_text = np.array([bool(g) for g in groups])
-    s_t2i = s
-    rel_t2i = [[int(j)] for j in of]
+    queries = np.array(sorted(images_of_text), dtype=np.int64)  # one query per distinct text
+    s_t2i = s[queries]
+    rel_t2i = [sorted(images_of_text[int(g)]) for g in queries]
     s_i2t = s.T[with_text]  # images without a caption have nothing to find
-    rel_i2t = [g for g in groups if g]
+    rel_i2t = [sorted({c for i in g for c in captions_of_text[int(same_text[i])]}) for g in groups if g]
 
     report: dict[str, Any] = {
-        "counts": {"captions": n_text, "images": n_image, "images_with_captions": int(with_text.sum())},
+        "counts": {"captions": n_text, "images": n_image, "images_with_captions": int(with_text.sum()),
+                   "distinct_texts": len(queries)},
         "metric": metric,
         "text_to_image": _ranked_metrics(s_t2i, rel_t2i, ks),
         "image_to_text": _ranked_metrics(s_i2t, rel_i2t, ks),
@@ -127,30 +153,30 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
                               "image_to_text": _curve(s_i2t, rel_i2t, curve_ks)}
 
     has_categories = categories is not None and any(c is not None for c in categories)
-    if has_categories:
+    map_r: dict[str, Any] = {"R": int(R) if has_categories else "relevant items per query",
+                             "relevance": "category" if has_categories else "image"}
+    full: dict[str, Any] = {"relevance": map_r["relevance"]}
+    left_out: dict[str, int] = {}
+    if has_categories:  # relevant: the same category; each distinct text is a query, and an item
         cats = list(categories)  # type: ignore[arg-type]
         img_cats = image_categories(cats, of, n_image)
-        pairs = {"text_to_image": (s_t2i, cats, img_cats),
-                 "image_to_text": (s.T, img_cats, cats)}
-        r_value: int | None = int(R)
-        relevance = "category"
-    else:
-        pairs = {"text_to_image": (s_t2i, of.tolist(), list(range(n_image))),
-                 "image_to_text": (s.T, list(range(n_image)), of.tolist())}
-        r_value = None
-        relevance = "image"
-    map_r: dict[str, Any] = {"R": r_value if r_value is not None else "relevant items per query",
-                             "relevance": relevance}
-    full: dict[str, Any] = {"relevance": relevance}
-    left_out: dict[str, int] = {}
-    for direction, (scores, query_labels, item_labels) in pairs.items():
-        q, it, usable = _codes(query_labels, item_labels)
-        left_out[direction] = int((~usable).sum())
-        if not usable.any():
-            map_r[direction] = full[direction] = None
-            continue
-        map_r[direction] = map_at_r(scores[usable], q[usable], it, r_value)
-        full[direction] = mean_average_precision(scores[usable], q[usable], it)
+        text_cats = [cats[int(q)] for q in queries]
+        labelled = {"text_to_image": (s_t2i, text_cats, img_cats),
+                    "image_to_text": (s.T[:, queries], img_cats, text_cats)}
+        for direction, (scores, query_labels, item_labels) in labelled.items():
+            q, it, usable = _codes(query_labels, item_labels)
+            left_out[direction] = int((~usable).sum())
+            if not usable.any():
+                map_r[direction] = full[direction] = None
+                continue
+            map_r[direction] = map_at_r(scores[usable], q[usable], it, int(R))
+            full[direction] = mean_average_precision(scores[usable], q[usable], it)
+    else:  # relevant: as for R@K; each query's R is its own number of relevant items
+        for direction, (scores, relevant) in {"text_to_image": (s_t2i, rel_t2i),
+                                              "image_to_text": (s_i2t, rel_i2t)}.items():
+            map_r[direction] = map_at_r(scores, R=None, relevant=relevant)
+            full[direction] = mean_average_precision(scores, relevant=relevant)
+            left_out[direction] = 0
     map_r["queries_left_out"] = full["queries_left_out"] = left_out
     report["map_at_r"] = map_r
     report["map"] = full
@@ -162,7 +188,8 @@ def evaluate_model(model: RetrievalModel, texts: Sequence[str], caption_image: A
                    R: int = MAP_R) -> dict[str, Any]:
     """Embed ``texts`` and the raw ``image_features`` with ``model`` and evaluate."""
     report = evaluate_embeddings(model.text_vectors(texts), model.image_vectors(image_features),
-                                 caption_image, metric=model.metric, categories=categories, ks=ks, R=R)
+                                 caption_image, metric=model.metric, categories=categories, ks=ks, R=R,
+                                 texts=texts)
     report["model"] = model.identity()
     return report
 

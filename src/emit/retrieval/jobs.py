@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from emit.files import atomic_write_json, read_json
 from emit.problems import EmitError, ProblemLog
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.evaluate import evaluate_captions, write_evaluation
-from emit.retrieval.index import KINDS, build_index, load_index
+from emit.retrieval.index import KINDS, SearchIndex, build_index, load_index
 from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
+from emit.split import in_validation
 from emit.text.vectors import WordVectors
 from emit.vision.backbones import Backbone, create_backbone
 from emit.vision.features import default_cache_dir, extract_features
@@ -123,6 +125,7 @@ def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, c
     keys = [str(p) for p, good in zip(paths, ok, strict=True) if good]
     row_of = {k: i for i, k in enumerate(keys)}
     pairs = {name: Pairs.from_captions(caps, row_of) if caps else None for name, caps in parts.items()}
+    _write_problems(problems, Path(out) / "train_problems.json")  # now: training may take hours
     model = train_retrieval(feats[ok], pairs["titles"], pairs["clicks"], config, out=out,
                             val_titles=pairs["val_titles"], val_clicks=pairs["val_clicks"],
                             image_keys=[split_key(Path(k)) for k in keys],
@@ -140,21 +143,41 @@ def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, c
 # --------------------------------------------------------------------------- evaluate
 
 
+def held_out_captions(model: RetrievalModel, captions: Sequence[Caption], run: PathLike) -> list[Caption]:
+    """The captions of the images ``model`` held out for validation: the same hash of the same
+    image keys (:func:`split_key`) with the run's --val-fraction and --seed."""
+    how = model.info.get("validation")
+    if how != "held_out":
+        reasons = {"given": "was validated on files given with --val-titles/--val-clicks; evaluate on those",
+                   "none": "held no images out (--val-fraction 0)"}
+        why = reasons.get(str(how), "does not record its validation split (trained by an older emit)")
+        raise EmitError(f"{run}: --held-out is not possible: the run {why}")
+    cfg = model.config
+    kept = [c for c in captions if in_validation(split_key(Path(c.image_id)), cfg.val_fraction, cfg.seed)]
+    if not kept:
+        raise EmitError(f"{run}: none of these captions' images was held out by the run; "
+                        "evaluate on the files it was trained on, or drop --held-out")
+    return kept
+
+
 def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_root: PathLike | None = None,
-                 cache_dir: PathLike | None = None, out: PathLike | None = None,
+                 cache_dir: PathLike | None = None, out: PathLike | None = None, held_out: bool = False,
                  progress: bool = True) -> dict[str, Any]:
     """Evaluate the model in ``run`` on a caption file; writes ``<out>.json`` and ``<out>.png``
-    (default ``RUN/eval_<captions name>``)."""
+    (default ``RUN/eval_<captions name>``). ``held_out`` keeps only the run's validation images."""
     start = time.perf_counter()
     model = RetrievalModel.load(run)
     problems = ProblemLog()
     caps, _ = read_captions(captions, fmt, image_root, problems=problems)
     if not caps:
         raise EmitError(f"{captions}: no usable captions; see the problems above")
+    if held_out:
+        caps = held_out_captions(model, caps, run)
     paths, _ = image_indices(caps)
     feats, ok = _features(paths, model_backbone(model), cache_dir, problems, progress)
     report = evaluate_captions(model, caps, feats, ok)
     report["captions_file"] = str(captions)
+    report["held_out_only"] = held_out
     report["run"] = str(run)
     report["problems"] = problems.to_json()
     prefix = Path(out) if out is not None else Path(run) / f"eval_{Path(captions).stem}"
@@ -256,38 +279,102 @@ def _index_model(index_dir: Path, model_dir: PathLike | None) -> RetrievalModel:
     return RetrievalModel.load(model_dir)
 
 
+def check_query(text: str | None, image: PathLike | None) -> None:
+    """Refuse a query that names neither or both of a text and an image, or an empty text."""
+    if (text is None) == (image is None):
+        raise EmitError("give either a text query or --image FILE, not both or neither")
+    if text is not None and not text.strip():
+        raise EmitError("the text query is empty")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise EmitError(f"unknown search target {target!r}; use 'images' or 'texts'")
+
+
+@dataclass
+class IndexSearcher:
+    """An index folder opened once, for many searches (``emit search`` opens one per call,
+    ``emit serve`` one at start-up): the retrieval model, the image index and, if it was built
+    with ``--texts``, the text index.
+
+    :meth:`query_vectors` runs the model and :meth:`rank` only FAISS, so a server can serialise
+    model calls while searches run in parallel; :meth:`search` does both.
+    """
+
+    folder: Path
+    model: RetrievalModel
+    indexes: dict[str, SearchIndex]  # target ('images' / 'texts') -> index
+    _backbone: Backbone | None = None
+
+    @classmethod
+    def open(cls, index_dir: PathLike, model: PathLike | None = None,
+             targets: Sequence[str] | None = None) -> IndexSearcher:
+        """Load the model and the indexes of ``targets`` (default: images, and texts if built)."""
+        for target in targets or ():
+            check_target(target)
+        folder = Path(index_dir)
+        retrieval = _index_model(folder, model)
+        has_texts = (folder / TEXTS_DIR).is_dir()
+        wanted = list(targets) if targets else ["images"] + (["texts"] if has_texts else [])
+        if "texts" in wanted and not has_texts:
+            raise EmitError(f"{folder}: has no text index; "
+                            "build it with `emit index build ... --texts CAPTIONS`")
+        indexes = {t: load_index(folder / TEXTS_DIR if t == "texts" else folder,
+                                 expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
+                   for t in wanted}
+        return cls(folder, retrieval, indexes)
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = model_backbone(self.model)
+        return self._backbone
+
+    def query_vectors(self, text: str | None = None, *, image: PathLike | None = None,
+                      cache_dir: PathLike | None = None) -> np.ndarray:
+        """The (1, D) query vector of a text, or of an image file (its features are cached)."""
+        check_query(text, image)
+        if text is not None:
+            return self.model.text_vectors([text])
+        problems = ProblemLog(echo=False)
+        feats, ok = _features([Path(image)], self.backbone, cache_dir, problems,  # type: ignore[arg-type]
+                              progress=False)
+        if not ok[0]:
+            raise EmitError(problems.summary())
+        return self.model.image_vectors(feats)
+
+    def rank(self, query: np.ndarray, top: int = 10, target: str = "images") -> dict[str, Any]:
+        """The ``top`` nearest ``target`` entries of a query vector, nearest first."""
+        check_target(target)
+        if target not in self.indexes:
+            raise EmitError(f"{self.folder}: has no text index; "
+                            "build it with `emit index build ... --texts CAPTIONS`")
+        index = self.indexes[target]
+        scores, ids = index.search(query, top)
+        results = [{"rank": r + 1, "id": i, "score": float(s)}
+                   for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
+        order = "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)"
+        return {"target": target, "metric": index.metric, "order": order, "results": results}
+
+    def search(self, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
+               target: str = "images", cache_dir: PathLike | None = None) -> dict[str, Any]:
+        start = time.perf_counter()
+        check_query(text, image)
+        check_target(target)
+        query = self.query_vectors(text, image=image, cache_dir=cache_dir)
+        ranked = self.rank(query, top, target)
+        return {"query": text if text is not None else str(image),
+                "kind": "text" if text is not None else "image", **ranked,
+                "seconds": round(time.perf_counter() - start, 3)}
+
+
 def search_job(index_dir: PathLike, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
                target: str = "images", model: PathLike | None = None, cache_dir: PathLike | None = None
                ) -> dict[str, Any]:
     """Search ``index_dir`` with a text or an image; ``target`` 'images' or 'texts' (needs an
     index built with texts). Scores: squared distance (l2, lower is nearer) or cosine (ip)."""
-    start = time.perf_counter()
-    if (text is None) == (image is None):
-        raise EmitError("give either a text query or --image FILE, not both or neither")
-    if text is not None and not text.strip():
-        raise EmitError("the text query is empty")
-    if target not in TARGETS:
-        raise EmitError(f"unknown search target {target!r}; use 'images' or 'texts'")
-    index_dir = Path(index_dir)
-    retrieval = _index_model(index_dir, model)
-    folder = index_dir / TEXTS_DIR if target == "texts" else index_dir
-    if target == "texts" and not folder.is_dir():
-        raise EmitError(f"{index_dir}: has no text index; "
-                        "build it with `emit index build ... --texts CAPTIONS`")
-    index = load_index(folder, expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
-    if text is not None:
-        query = retrieval.text_vectors([text])
-    else:
-        problems = ProblemLog(echo=False)
-        feats, ok = _features([Path(image)], model_backbone(retrieval), cache_dir, problems,  # type: ignore[arg-type]
-                              progress=False)
-        if not ok[0]:
-            raise EmitError(problems.summary())
-        query = retrieval.image_vectors(feats)
-    scores, ids = index.search(query, top)
-    results = [{"rank": r + 1, "id": i, "score": float(s)}
-               for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
-    return {"query": text if text is not None else str(image),
-            "kind": "text" if text is not None else "image", "target": target, "metric": index.metric,
-            "order": "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)",
-            "results": results, "seconds": round(time.perf_counter() - start, 3)}
+    check_query(text, image)  # before loading anything
+    check_target(target)
+    searcher = IndexSearcher.open(index_dir, model, targets=[target])
+    return searcher.search(text, image=image, top=top, target=target, cache_dir=cache_dir)

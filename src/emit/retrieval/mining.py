@@ -102,7 +102,8 @@ def mine_negatives(
     texts' token lists or a precomputed (B, B) bool exclusion matrix (``shares_words``, row =
     anchor, e.g. from :func:`word_overlap_matrix` with the same mode), used as given; it is
     ignored, and may be None, for ``mode='none'``. ``image_ids`` (B,) groups pairs of one image
-    (None: all distinct).
+    (None: all distinct): an image is never its own texts' negative, is a candidate at most once
+    (at its first column), and is barred when any of its texts in the batch is.
 
     Returns ``neg_index`` (B, N) long, nearest first (ties by index), and ``valid`` (B, N) bool.
     When fewer than N candidates remain the rest is padding: ``valid`` False and the index is
@@ -138,6 +139,13 @@ def mine_negatives(
                 raise ValueError(f"got {len(words)} token lists for a batch of {b}")
             shares = word_overlap_matrix(words, stopwords, mode).to(device)
         excluded |= shares
+    if image_ids is not None:
+        # One candidate per image: an image is barred if any of its texts in the batch is, and
+        # only its first column stays, so the N negatives are N distinct images.
+        excluded = (excluded.float() @ same.float()) > 0
+        index = torch.arange(b, device=device)
+        later_copy = (same & (index.unsqueeze(1) < index.unsqueeze(0))).any(dim=0)
+        excluded |= later_copy.unsqueeze(0)
 
     with torch.no_grad():
         dist = pairwise_sq_dist(text_emb.detach(), image_emb.detach()).masked_fill(excluded, float("inf"))

@@ -492,11 +492,23 @@ def train_retrieval(
         val = {k: v for k, v in {"titles": val_titles, "clicks": val_clicks}.items()
                if k in tasks and v is not None and len(v)}
         _check_rows(val, n_images, "validation")
+        # A validation image leaves training in every task, so --val-titles alone cannot leak
+        # through the same image's clicks.
+        held = np.zeros(n_images, dtype=bool)
+        for p in val.values():
+            held[p.images] = True
+        tasks = {name: p.subset(~held[p.images]) for name, p in tasks.items()}
+        if any(len(p) == 0 for p in tasks.values()):
+            raise EmitError("every training pair shows a validation image; give validation files "
+                            "with other images")
     else:
         keys = [str(i) for i in range(n_images)] if image_keys is None else [str(k) for k in image_keys]
         if len(keys) != n_images:
             raise EmitError(f"{len(keys)} image keys for {n_images} feature rows")
         tasks, val = split_validation(tasks, keys, config.val_fraction, config.seed)
+    # how validation images were chosen: 'evaluate --held-out' can find them again by their keys
+    validation = "given" if val_titles is not None or val_clicks is not None else (
+        "held_out" if val else "none")
     fingerprint = _fingerprint(x_raw, tasks, val)
     out_dir = Path(out) if out is not None else None
 
@@ -611,7 +623,8 @@ def train_retrieval(
         projection.eval()
     info = {"best_epoch": best["epoch"], "best_score": best["score"], "history": history,
             "pairs": {k: len(v) for k, v in tasks.items()}, "val_pairs": {k: len(v) for k, v in val.items()},
-            "images": n_images, "dim": dim, "data_sha256": fingerprint, "resumed_from": resumed_from}
+            "images": n_images, "dim": dim, "data_sha256": fingerprint, "resumed_from": resumed_from,
+            "validation": validation}
     model = RetrievalModel(encoder, config, margin, projection,
                            None if backbone is None else dict(backbone), info)
     if out_dir is not None:
