@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     from emit.cli_retrieval import register as register_retrieval
 
     register_retrieval(sub, common)  # retrieval train/evaluate, index build, search
+    from emit.cli_serve import register as register_serve
+
+    register_serve(sub, common)  # the HTTP service and web pages
     return parser
 
 

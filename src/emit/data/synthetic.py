@@ -82,3 +82,63 @@ def make_products(root: str | os.PathLike[str], n_products: int = 60, *, seed: i
             imgs_tags.append({name: tags[c] if with_truth else ""})
         atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
     return root
+
+
+# ---- retrieval: shapes with captions -------------------------------------------------------
+
+SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),
+    "purple": (140, 40, 170)}
+SHAPE_NAMES = ("circle", "square", "triangle", "bar")
+
+
+def _draw_shape(colour: tuple[int, int, int], shape: str, shift: tuple[int, int]) -> Image.Image:
+    im = Image.new("RGB", (96, 96), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    dx, dy = shift
+    if shape == "circle":
+        d.ellipse((18 + dx, 18 + dy, 78 + dx, 78 + dy), fill=colour)
+    elif shape == "square":
+        d.rectangle((14 + dx, 14 + dy, 82 + dx, 82 + dy), fill=colour)
+    elif shape == "triangle":
+        d.polygon([(48 + dx, 12 + dy), (86 + dx, 84 + dy), (10 + dx, 84 + dy)], fill=colour)
+    else:
+        d.rectangle((40 + dx, 8 + dy, 56 + dx, 88 + dy), fill=colour)
+    return im
+
+
+def make_shapes(root: str | os.PathLike[str], variants: int = 1, *, seed: int = 0,
+                vector_dim: int = 8) -> dict[str, Path]:
+    """Images of coloured shapes with captions, click logs and a tiny word-vector file.
+
+    Writes ``images/<colour>_<shape>[_<k>].png`` (5 colours x 4 shapes x ``variants``, shifted
+    a little), ``titles.jsonl`` (two captions per image), ``clicks.jsonl`` (two queries per
+    image) and ``vectors.txt`` (random ``vector_dim``-d GloVe-format vectors of the words), so
+    a retrieval model trains and an index builds in seconds, with no downloads.
+    """
+    import json
+
+    import numpy as np
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    titles, clicks = [], []
+    for colour, rgb in SHAPE_COLOURS.items():
+        for shape in SHAPE_NAMES:
+            for k in range(variants):
+                name = f"images/{colour}_{shape}{f'_{k}' if variants > 1 else ''}.png"
+                shift = (0, 0) if k == 0 else (rng.randint(-6, 6), rng.randint(-6, 6))
+                _draw_shape(rgb, shape, shift).save(root / name)
+                titles += [{"image": name, "text": f"a {colour} {shape}", "category": colour},
+                           {"image": name, "text": f"{shape} in {colour}", "category": colour}]
+                clicks += [{"query": f"{colour} {shape}", "image": name, "count": 3},
+                           {"query": colour, "image": name, "count": 1}]
+    (root / "titles.jsonl").write_text("\n".join(json.dumps(t) for t in titles) + "\n", encoding="utf-8")
+    (root / "clicks.jsonl").write_text("\n".join(json.dumps(c) for c in clicks) + "\n", encoding="utf-8")
+    words = [*SHAPE_COLOURS, *SHAPE_NAMES, "a", "in"]
+    vecs = np.random.default_rng(seed).standard_normal((len(words), vector_dim))
+    lines = [w + " " + " ".join(f"{v:.4f}" for v in row) for w, row in zip(words, vecs, strict=True)]
+    (root / "vectors.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"root": root, "images": root / "images", "titles": root / "titles.jsonl",
+            "clicks": root / "clicks.jsonl", "vectors": root / "vectors.txt"}

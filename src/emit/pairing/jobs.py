@@ -18,15 +18,10 @@ from emit.files import atomic_write_bytes, atomic_write_json
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import PairingModel
-from emit.pairing.pipeline import (
-    check_backbone,
-    extract_product_features,
-    predict_pairing,
-    train_pairing,
-)
+from emit.pairing.pipeline import check_backbone, predict_products, train_pairing
 from emit.pairing.report import evaluate_pairing, write_report
 from emit.problems import EmitError, ProblemLog
-from emit.vision.backbones import create_backbone
+from emit.vision.backbones import Backbone, create_backbone
 from emit.vision.features import default_cache_dir
 
 log = logging.getLogger("emit")
@@ -66,22 +61,42 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
             "seconds": round(time.perf_counter() - start, 1), "curves": str(png)}
 
 
+def load_pairing_model(model_dir: str | os.PathLike[str]) -> tuple[PairingModel, Backbone]:
+    """A saved pairing model and the backbone it was trained with (refusing a different one)."""
+    model = PairingModel.load(model_dir)
+    backbone = create_backbone(model.config.backbone, weights=_model_weights(model, model_dir))
+    check_backbone(model, backbone)
+    return model, backbone
+
+
+def _model_weights(model: PairingModel, model_dir: str | os.PathLike[str]) -> str | None:
+    """A fine-tuned backbone lives in the model folder; otherwise the configured weights."""
+    tuned = Path(model_dir) / "backbone.safetensors"
+    return str(tuned) if tuned.is_file() else model.config.weights
+
+
+def assignment_used(model: PairingModel, assign: AssignMode | None = None,
+                    combine: CombineMode | None = None) -> str:
+    """The assignment rule a prediction uses, for reports: the paper's vote is per-image argmin,
+    so it has no assignment mode of its own."""
+    if (combine or model.config.bag_combine) == "vote":
+        return "argmin (vote)"
+    return assign or model.config.assign
+
+
 def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                 out: str | os.PathLike[str], *, image_root: str | None = None,
                 cache_dir: str | os.PathLike[str] | None = None, assign: AssignMode | None = None,
                 combine: CombineMode | None = None, progress: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
-    model = PairingModel.load(model_dir)
+    model, backbone = load_pairing_model(model_dir)
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems)
     if not products:
         raise EmitError(f"{data}: no usable products; see the problems above")
-    backbone = create_backbone(model.config.backbone, weights=_model_weights(model, model_dir))
-    check_backbone(model, backbone)
-    pf = extract_product_features(products, backbone, cache_dir=cache_dir or default_cache_dir(),
-                                  hflip_tta=model.config.hflip_tta, problems=problems,
-                                  progress=progress)
-    decisions = predict_pairing(model, pf, assign_mode=assign, combine_mode=combine)
+    decisions = predict_products(model, backbone, products, cache_dir=cache_dir or default_cache_dir(),
+                                 problems=problems, progress=progress, assign_mode=assign,
+                                 combine_mode=combine)
     unreadable = sum(t is None for d in decisions for t in d.tags)
     write_final_json(out, products, {d.product_id: d.tags for d in decisions})
     write_final_json(baseline_path(out), products, {d.product_id: d.baseline_tags for d in decisions})
@@ -90,17 +105,9 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     return {"predictions": str(out), "baseline": str(baseline_path(out)),
             "products": len(products), "images": sum(len(p.images) for p in products),
             "unassigned_images": unreadable, "problems": len(problems),
-            # the paper's vote is per-image argmin, so it has no assignment mode of its own
-            "assign": ("argmin (vote)" if (combine or model.config.bag_combine) == "vote"
-                       else assign or model.config.assign),
+            "assign": assignment_used(model, assign, combine),
             "combine": combine or model.config.bag_combine,
             "seconds": round(time.perf_counter() - start, 2)}
-
-
-def _model_weights(model: PairingModel, model_dir: str | os.PathLike[str]) -> str | None:
-    """A fine-tuned backbone lives in the model folder; otherwise the configured weights."""
-    tuned = Path(model_dir) / "backbone.safetensors"
-    return str(tuned) if tuned.is_file() else model.config.weights
 
 
 def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,

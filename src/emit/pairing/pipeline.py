@@ -213,6 +213,17 @@ def predict_pairing(
     return out
 
 
+def predict_products(
+    model: PairingModel, backbone: Backbone, products: Sequence[Product], *,
+    cache_dir: str | os.PathLike[str] | None, problems: ProblemLog, progress: bool = True,
+    assign_mode: AssignMode | None = None, combine_mode: CombineMode | None = None,
+) -> list[ProductDecision]:
+    """Features of the products' images (through the cache), then every product's decision."""
+    pf = extract_product_features(products, backbone, cache_dir=cache_dir, hflip_tta=model.config.hflip_tta,
+                                  problems=problems, progress=progress)
+    return predict_pairing(model, pf, assign_mode=assign_mode, combine_mode=combine_mode)
+
+
 def check_backbone(model: PairingModel, backbone: Backbone) -> None:
     """Refuse features from a different backbone than the model was trained on."""
     if backbone.identity != model.backbone_identity:

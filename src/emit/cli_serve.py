@@ -1,0 +1,62 @@
+"""``emit serve``: argument parsing only; the service is :mod:`emit.serve`.
+
+Every flag can also be given as an environment variable (``EMIT_INDEX``, ``EMIT_PORT``, ...);
+a flag wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from emit.problems import EmitError
+
+SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+
+# flag -> help; every value is parsed (and checked) by ServeSettings.from_env
+_FLAGS: dict[str, str] = {
+    "index": "index folder from `emit index build`, for search (EMIT_INDEX)",
+    "retrieval_model": "retrieval run folder (EMIT_RETRIEVAL_MODEL; default: the one that built the index)",
+    "pairing_model": "model folder from `emit pair train`, for pairing and review (EMIT_PAIRING_MODEL)",
+    "products_root": "folder of product batches the review page may load; nothing outside it is read "
+                     "(EMIT_PRODUCTS_ROOT)",
+    "export_dir": "where reviewed final_json.json files go (EMIT_EXPORT_DIR; default: ./emit-exports)",
+    "cache_dir": "feature cache (EMIT_CACHE_DIR; default: ~/.cache/emit/features)",
+    "host": "address to listen on (EMIT_HOST; default: 127.0.0.1, this machine only)",
+    "port": "port (EMIT_PORT; default: 8000)",
+    "log_level": "critical, error, warning, info or debug (EMIT_LOG_LEVEL; default: info)",
+    "shutdown_timeout": "seconds requests in flight get to finish on SIGTERM (EMIT_SHUTDOWN_TIMEOUT; "
+                        "default: 10)",
+    "max_upload_mb": "largest request body in MB (EMIT_MAX_UPLOAD_MB; default: 20)",
+    "max_images": "most images in one upload (EMIT_MAX_IMAGES; default: 32)",
+    "max_top_k": "most results of one search (EMIT_MAX_TOP_K; default: 100)",
+}
+
+
+def missing_modules() -> list[str]:
+    return [package for module, package in SERVE_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    missing = missing_modules()
+    if missing:
+        raise EmitError(f"emit serve needs {', '.join(missing)}: pip install 'emit[serve]'")
+    from emit.serve.app import run
+    from emit.serve.settings import ServeSettings
+
+    flags = {name: getattr(args, name) for name in _FLAGS}
+    if args.verbose and flags["log_level"] is None:
+        flags["log_level"] = "debug"
+    return run(ServeSettings.from_env(**flags))
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``emit serve`` to the ``emit`` parser."""
+    s = sub.add_parser("serve", parents=[common],
+                       help="HTTP service and web pages: search an index, tag and review products",
+                       description="Serve search (--index), and pairing with its review page "
+                                   "(--pairing-model), over HTTP, with the OpenAPI schema at /docs. Flags "
+                                   "override EMIT_* environment variables.")
+    for name, help_text in _FLAGS.items():
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text)
+    s.set_defaults(func=cmd_serve)

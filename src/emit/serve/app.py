@@ -1,0 +1,140 @@
+"""The ``emit serve`` application: the API routers, the two web pages, health and identity.
+
+:func:`create_app` loads the search index and the pairing model once, before the first
+request; :func:`run` serves the app with uvicorn, which on SIGTERM or Ctrl-C stops taking new
+connections and lets requests in flight finish (up to ``shutdown_timeout`` seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import fastapi
+import starlette
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from emit import __version__
+from emit.config import versions
+from emit.serve.errors import ApiError, install_error_handlers
+from emit.serve.logs import setup_logging
+from emit.serve.middleware import AccessLog, BodyLimit
+from emit.serve.pair_api import pair_router
+from emit.serve.review import review_router
+from emit.serve.search_api import search_router
+from emit.serve.services import Services, load_services
+from emit.serve.settings import ServeSettings
+
+log = logging.getLogger("emit.serve")
+
+STATIC = Path(__file__).parent / "static"
+DESCRIPTION = """Search an image index with text or an image, tag a product's images with its option tags,
+and review and export those tags. Pages: [search](/) and [pairing review](/review).
+Every error is JSON: `{"error": code, "message": text}`."""
+
+
+def _fastapi(**kwargs: Any) -> FastAPI:
+    """FastAPI whose /docs page loads Swagger UI from the app itself, not from a CDN, if it can."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        log.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
+        return FastAPI(**kwargs)
+    return FastAPIOffline(**kwargs)
+
+
+def create_app(settings: ServeSettings, services: Services | None = None) -> FastAPI:
+    """The app, with the settings' index and pairing model loaded (or ``services`` given)."""
+    if services is None:
+        services = load_services(settings.index, settings.retrieval_model, settings.pairing_model,
+                                 settings.cache_dir)
+    workdir = Path(tempfile.mkdtemp(prefix="emit-serve-"))  # uploads in flight and uploaded batches
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("ready", extra={"fields": {"search": services.search is not None,
+                                            "pairing": services.pairing is not None}})
+        try:
+            yield
+        finally:
+            log.info("shut down: requests in flight have finished")
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    limits = settings.limits
+    app = _fastapi(title="emit", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                   redoc_url=None)
+    app.state.services = services
+    app.state.workdir = workdir
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(AccessLog)  # added last: outermost, so it times and logs everything
+
+    app.include_router(search_router(services.search, limits, workdir))
+    app.include_router(pair_router(services.pairing, limits, workdir))
+    app.include_router(review_router(services.pairing, limits, workdir, settings.products_root,
+                                     settings.export_dir))
+
+    @app.get("/health", tags=["service"], summary="Is the service up, and what does it serve")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "search": services.search is not None,
+                "pairing": services.pairing is not None}
+
+    @app.get("/info", tags=["service"], summary="Identity and versions of the loaded index and models")
+    def info() -> dict[str, Any]:
+        return {"emit": __version__,
+                "versions": {**versions(), "fastapi": fastapi.__version__, "starlette": starlette.__version__,
+                             "uvicorn": uvicorn.__version__},
+                "search": services.search.info if services.search else None,
+                "pairing": services.pairing.info if services.pairing else None,
+                "review": {"products_root": str(settings.products_root) if settings.products_root else None,
+                           "export_dir": str(settings.export_dir)},
+                "limits": asdict(limits)}
+
+    @app.get("/", include_in_schema=False)
+    def search_page() -> FileResponse:
+        return FileResponse(STATIC / "search.html")
+
+    @app.get("/review", include_in_schema=False)
+    def review_page() -> FileResponse:
+        return FileResponse(STATIC / "review.html")
+
+    @app.get("/fonts/cjk.otf", include_in_schema=False)
+    def cjk_font() -> FileResponse:
+        # Chinese tags must not show as boxes on machines without CJK fonts; the font already
+        # ships as a dependency for report plots.
+        path = packaged_cjk_font()
+        if path is None:
+            raise ApiError(404, "no_font", "the CJK font package cvttf-notosanscjk-regular is missing")
+        return FileResponse(path, media_type="font/otf", headers={"Cache-Control": "max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def packaged_cjk_font() -> Path | None:
+    try:
+        import cvttf_NotoSansCJK_Regular as packaged
+    except ImportError:
+        return None
+    path = Path(packaged.__file__).with_name("NotoSansCJKtc-Regular.otf")
+    return path if path.is_file() else None
+
+
+def run(settings: ServeSettings) -> int:
+    """Load, then serve until SIGTERM / SIGINT; returns the exit code."""
+    setup_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_timeout, log_level=settings.log_level)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1  # not started: the port was taken, say (uvicorn logged it)

@@ -1,0 +1,347 @@
+"""Pairing review: load a batch of products (a folder under ``--products-root``, or an upload),
+see the proposed tags, correct them, and export the batch's ``final_json.json``.
+
+A batch lives in memory (the newest ``max_batches``) under a random id; its images are served
+by product id and position only. Exports are written with the library's atomic
+:func:`write_final_json`, so a server stopped in the middle of one leaves the previous file or
+the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from emit.data.products import PROFILE, Product, read_products, write_final_json
+from emit.pairing.pipeline import ProductDecision
+from emit.problems import EmitError, ProblemLog
+from emit.serve.errors import ApiError, ErrorBody, not_configured
+from emit.serve.pair_api import AssignField, PairResponse, decision_json
+from emit.serve.services import PairingService
+from emit.serve.settings import Limits
+from emit.serve.uploads import check_product_id, clean_tags, read_images, save_product
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 403, 404, 413, 422)}
+MAX_LISTED_FOLDERS = 500
+EXPORT_NAME = "final_json.json"
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    label: str  # names the export folder
+    source: str
+    products: list[Product]
+    decisions: dict[str, ProductDecision]
+    assign: str
+    problems: list[dict[str, str]]
+    temp: Path | None = None  # uploaded images, removed with the batch
+    exported: Path | None = None
+    by_id: dict[str, Product] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_id = {p.product_id: p for p in self.products}
+
+    def product(self, product_id: str) -> Product:
+        if product_id not in self.by_id:
+            raise ApiError(404, "unknown_product", f"batch {self.batch_id} has no product {product_id!r}")
+        return self.by_id[product_id]
+
+
+class BatchStore:
+    """The newest batches, by id; dropping one removes its uploaded images."""
+
+    def __init__(self, max_batches: int) -> None:
+        self.max_batches = max_batches
+        self._batches: OrderedDict[str, Batch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, batch: Batch) -> None:
+        with self._lock:
+            self._batches[batch.batch_id] = batch
+            while len(self._batches) > self.max_batches:
+                _, old = self._batches.popitem(last=False)
+                if old.temp is not None:
+                    shutil.rmtree(old.temp, ignore_errors=True)
+
+    def get(self, batch_id: str) -> Batch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise ApiError(404, "unknown_batch", f"no batch {batch_id!r}: it was never loaded, or it was "
+                           f"dropped (the server keeps the newest {self.max_batches}); load it again")
+        return batch
+
+
+# ---- folders under the products root ------------------------------------------------------
+
+
+def resolve_folder(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that is not a folder inside ``root``."""
+    text = relative.strip().replace("\\", "/")
+    if not text or "\x00" in text:
+        raise ApiError(422, "bad_folder", "name a folder under the products root, e.g. 'batch1'")
+    parts = PurePosixPath(text).parts
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(relative).drive or ".." in parts:
+        raise ApiError(403, "outside_products_root", f"{relative!r} is not inside the products root; give a "
+                       "path relative to it, without '..'")
+    base = root.resolve()
+    target = (base / text).resolve()
+    if not target.is_relative_to(base):  # a symbolic link that leads out
+        raise ApiError(403, "outside_products_root", f"{relative!r} leads outside the products root")
+    if not target.is_dir():
+        raise ApiError(404, "no_such_folder", f"no folder {relative!r} under the products root")
+    return target
+
+
+def list_folders(root: Path) -> list[str]:
+    """Folders (up to two levels down) that hold product folders, relative to ``root``."""
+    base = root.resolve()
+    found: list[str] = []
+
+    def holds_products(folder: Path) -> bool:
+        try:
+            return any((child / PROFILE).is_file() for child in folder.iterdir() if child.is_dir())
+        except OSError:
+            return False
+
+    candidates = [base]
+    for child in sorted(base.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            candidates.append(child)
+            candidates += sorted(g for g in child.iterdir() if g.is_dir() and not g.name.startswith("."))
+    for folder in candidates:
+        if len(found) >= MAX_LISTED_FOLDERS:
+            break
+        if not folder.resolve().is_relative_to(base):  # a link out of the root: not loadable
+            continue
+        if holds_products(folder):
+            found.append(folder.relative_to(base).as_posix())
+    return found
+
+
+def _label(text: str) -> str:
+    """A file-system-safe name for the export folder."""
+    label = re.sub(r"[^\w.-]+", "_", text.replace("/", "__")).strip("._") or "root"
+    return label[:100]
+
+
+def _relative_problems(problems: ProblemLog, root: Path) -> list[dict[str, str]]:
+    out = []
+    for p in problems.to_json():
+        with contextlib.suppress(ValueError):  # a problem outside the root keeps its path
+            p["where"] = Path(p["where"]).resolve().relative_to(root.resolve()).as_posix()
+        out.append(p)
+    return out
+
+
+# ---- API ----------------------------------------------------------------------------------
+
+
+class LoadFolder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    folder: str = Field(min_length=1, max_length=1000, examples=["batch1"],
+                        description="a folder of product folders (or one product folder), relative to "
+                                    "the products root")
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: dict[str, list[str | None]] = Field(
+        default_factory=dict, description="product id -> the final tag of each image, in the batch's order "
+                                          "(null or '' for none); products left out keep the proposed tags")
+
+
+class ReviewImage(BaseModel):
+    index: int
+    name: str
+    tag: str | None
+    confidence: float | None
+    image_url: str
+
+
+class ReviewProduct(PairResponse):
+    images: list[ReviewImage]  # type: ignore[assignment]
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    label: str
+    source: str
+    assign: str
+    products: list[ReviewProduct]
+    problems: list[dict[str, str]]
+    export_path: str | None
+    download_url: str | None
+
+
+class ExportResult(BaseModel):
+    path: str
+    download_url: str
+    products: int
+    images: int
+    changed: int = Field(description="images whose exported tag differs from the proposed one")
+    final_json: dict[str, Any]
+
+
+class FolderList(BaseModel):
+    root: str | None
+    folders: list[str]
+
+
+def review_router(service: PairingService | None, limits: Limits, workdir: Path, products_root: Path | None,
+                  export_dir: Path) -> APIRouter:
+    router = APIRouter(prefix="/review", tags=["review"], responses=ERRORS)
+    store = BatchStore(limits.max_batches)
+
+    def pairing() -> PairingService:
+        if service is None:
+            raise not_configured("pairing model", "--pairing-model MODEL")
+        return service
+
+    def view(batch: Batch) -> dict[str, Any]:
+        products = []
+        for product in batch.products:
+            item = decision_json(product, batch.decisions[product.product_id], batch.assign)
+            for k, image in enumerate(item["images"]):
+                image.update(index=k, image_url=f"/review/batches/{batch.batch_id}/images/"
+                                                f"{quote(product.product_id, safe='')}/{k}")
+            products.append(item)
+        exported = batch.exported is not None
+        return {"batch_id": batch.batch_id, "label": batch.label, "source": batch.source,
+                "assign": batch.assign, "products": products, "problems": batch.problems,
+                "export_path": str(batch.exported) if exported else None,
+                "download_url": f"/review/batches/{batch.batch_id}/{EXPORT_NAME}" if exported else None}
+
+    def decide(products: list[Product], problems: ProblemLog, label: str, source: str,
+               assign: AssignField | None, temp: Path | None, root: Path | None) -> dict[str, Any]:
+        svc = pairing()
+        decisions = {d.product_id: d for d in svc.predict(products, problems, assign)}
+        reported = _relative_problems(problems, root) if root else problems.to_json()
+        batch = Batch(uuid.uuid4().hex, label, source, products, decisions, svc.assignment(assign), reported,
+                      temp)
+        store.add(batch)
+        return view(batch)
+
+    @router.get("/folders", response_model=FolderList, summary="Folders of products the review can load")
+    def folders() -> dict[str, Any]:
+        if products_root is None:
+            return {"root": None, "folders": []}
+        return {"root": str(products_root), "folders": list_folders(products_root)}
+
+    @router.post("/load", response_model=BatchView, summary="Load a folder of products and propose tags")
+    def load(body: LoadFolder, assign: AssignField | None = None) -> dict[str, Any]:
+        pairing()
+        if products_root is None:
+            raise not_configured("products root", "--products-root DIR")
+        target = resolve_folder(products_root, body.folder)
+        single = (target / PROFILE).is_file()
+        if single and target == products_root.resolve():
+            raise ApiError(422, "bad_folder", "the products root itself is a product folder; give its parent "
+                           "as --products-root")
+        data = target.parent if single else target
+        count = sum(1 for c in data.iterdir() if c.is_dir())
+        if count > limits.max_products and not single:
+            raise ApiError(413, "too_many_products", f"{body.folder!r} holds {count} folders; this server "
+                           f"reviews at most {limits.max_products} products at once; split the batch")
+        problems = ProblemLog(echo=False)
+        try:
+            products, _ = read_products(data, problems=problems)
+        except EmitError as exc:
+            raise ApiError(422, "no_products", f"{body.folder!r}: {exc}") from exc
+        if single:
+            products = [p for p in products if p.product_id == target.name]
+            problems.items = [p for p in problems.items if p.record.startswith(target.name)]
+        if not products:
+            raise ApiError(422, "no_products", f"{body.folder!r} holds no usable product folders "
+                           f"(<product_id>/{PROFILE} with images)",
+                           _relative_problems(problems, products_root)[:50])
+        rel = target.relative_to(products_root.resolve()).as_posix()
+        return decide(products, problems, _label(rel), f"folder:{rel}", assign, None, products_root)
+
+    @router.post("/upload", response_model=BatchView, summary="Upload one product's images and tags")
+    def upload(images: Annotated[list[UploadFile], File(description="the product's images")],
+               tags: Annotated[list[str], Form(description="option tags: one per field, or one per line")],
+               product_id: Annotated[str, Form(max_length=200)] = "upload",
+               assign: Annotated[AssignField | None, Form()] = None) -> dict[str, Any]:
+        pairing()
+        pid = check_product_id(product_id)
+        options = clean_tags(tags, limits)
+        uploads = read_images(images, limits)
+        temp = workdir / "batches" / uuid.uuid4().hex
+        product = save_product(temp / pid, pid, uploads, options)
+        return decide([product], ProblemLog(echo=False), _label(f"upload-{pid}-{temp.name[:8]}"), "upload",
+                      assign, temp, None)
+
+    @router.get("/batches/{batch_id}", response_model=BatchView, summary="A loaded batch and its proposals")
+    def get_batch(batch_id: str) -> dict[str, Any]:
+        return view(store.get(batch_id))
+
+    @router.get("/batches/{batch_id}/images/{product_id}/{index}", response_class=FileResponse,
+                responses={200: {"content": {"image/*": {}}}}, summary="An image of a batch's product")
+    def batch_image(batch_id: str, product_id: str, index: int) -> FileResponse:
+        product = store.get(batch_id).product(product_id)
+        if not 0 <= index < len(product.images):
+            raise ApiError(404, "no_such_image", f"product {product_id!r} has images "
+                           f"0..{len(product.images) - 1}")
+        path = product.image_path(product.images[index])
+        if not path.is_file():
+            raise ApiError(404, "no_such_image", f"image {product.images[index]!r} is gone from its folder")
+        return FileResponse(path)
+
+    @router.post("/batches/{batch_id}/export", response_model=ExportResult,
+                 summary="Write the batch's final_json.json with the reviewed tags")
+    def export(batch_id: str, body: ExportRequest) -> dict[str, Any]:
+        batch = store.get(batch_id)
+        final = {pid: list(d.tags) for pid, d in batch.decisions.items()}
+        unknown: list[dict[str, Any]] = []
+        for pid, tags in body.tags.items():
+            if pid not in batch.by_id:
+                raise ApiError(422, "unknown_product", f"batch {batch_id} has no product {pid!r}")
+            product = batch.by_id[pid]
+            if len(tags) != len(product.images):
+                raise ApiError(422, "wrong_image_count", f"product {pid!r} has {len(product.images)} images, "
+                               f"the export gives {len(tags)} tags; give one per image, in order")
+            for name, tag in zip(product.images, tags, strict=True):
+                if tag and tag not in product.optional_tags:
+                    unknown.append({"product_id": pid, "image": name, "tag": tag,
+                                    "allowed": product.optional_tags})
+            final[pid] = [t or None for t in tags]
+        if unknown:
+            first = unknown[0]
+            raise ApiError(422, "unknown_tag", f"{len(unknown)} tag(s) are not options of their product, "
+                           f"e.g. {first['tag']!r} for {first['product_id']} {first['image']}; use one of "
+                           f"{first['allowed']}", unknown[:50])
+        path = export_dir / batch.label / EXPORT_NAME
+        write_final_json(path, batch.products, final)
+        batch.exported = path
+        changed = sum(a != b for pid, d in batch.decisions.items()
+                      for a, b in zip(d.tags, final[pid], strict=True))
+        return {"path": str(path), "download_url": f"/review/batches/{batch.batch_id}/{EXPORT_NAME}",
+                "products": len(batch.products), "images": sum(len(p.images) for p in batch.products),
+                "changed": changed,
+                "final_json": {p.product_id: p.to_profile(final[p.product_id]) for p in batch.products}}
+
+    @router.get(f"/batches/{{batch_id}}/{EXPORT_NAME}", response_class=FileResponse,
+                responses={200: {"content": {"application/json": {}}}},
+                summary="Download the batch's last exported final_json.json")
+    def download(batch_id: str) -> FileResponse:
+        batch = store.get(batch_id)
+        if batch.exported is None or not batch.exported.is_file():
+            raise ApiError(404, "not_exported", "this batch has not been exported yet; POST .../export first")
+        return FileResponse(batch.exported, media_type="application/json", filename=EXPORT_NAME)
+
+    return router
+

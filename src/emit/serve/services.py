@@ -1,0 +1,158 @@
+"""What the service loads once at start-up: the search index with its model, the pairing model
+with its backbone. Requests only use them.
+
+Torch modules are not documented as safe to call from several threads at once, and on a
+2-core machine parallel forward passes gain nothing, so each service runs its model calls
+under one lock. FAISS searches of a loaded index are read-only and run outside it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emit.config import to_dict
+from emit.data.images import load_image
+from emit.data.products import Product
+from emit.files import read_json
+from emit.pairing.assign import AssignMode
+from emit.pairing.jobs import assignment_used, load_pairing_model
+from emit.pairing.model import MODEL_FILE, PairingModel
+from emit.pairing.pipeline import ProductDecision, predict_products
+from emit.problems import EmitError, ProblemLog
+from emit.retrieval.index import MANIFEST_FILE
+from emit.retrieval.jobs import IMAGE_SUFFIXES, INDEX_MODEL_FILE, TEXTS_DIR, IndexSearcher
+from emit.retrieval.train import MODEL_FILE as RETRIEVAL_MODEL_FILE
+from emit.vision.backbones import Backbone
+
+log = logging.getLogger("emit.serve")
+
+THUMBNAIL_PX = 256
+THUMBNAIL_CACHE = 2048  # thumbnails kept in memory (~10 kB each)
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    """An index manifest without its id list (which can hold millions of paths)."""
+    meta = read_json(folder / MANIFEST_FILE)
+    return {k: v for k, v in meta.items() if k != "ids"}
+
+
+class SearchService:
+    """An index folder opened once (see :class:`emit.retrieval.jobs.IndexSearcher`)."""
+
+    def __init__(self, index_dir: Path, model_dir: Path | None = None, cache_dir: Path | None = None) -> None:
+        self.searcher = IndexSearcher.open(index_dir, model_dir)
+        self.cache_dir = cache_dir
+        self.lock = threading.Lock()
+        self.ids = self.searcher.indexes["images"].ids
+        self.row_of = {image_id: row for row, image_id in enumerate(self.ids)}
+        self._thumbs: OrderedDict[int, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+        self.info = self._info(index_dir, model_dir)
+
+    def _info(self, index_dir: Path, model_dir: Path | None) -> dict[str, Any]:
+        model = self.searcher.model
+        pointer = index_dir / INDEX_MODEL_FILE
+        model_folder = str(model_dir) if model_dir else str(read_json(pointer).get("model"))
+        meta = read_json(Path(model_folder) / RETRIEVAL_MODEL_FILE)
+        return {"folder": str(index_dir), "images": _manifest(index_dir),
+                "texts": _manifest(index_dir / TEXTS_DIR) if "texts" in self.searcher.indexes else None,
+                "model": {"folder": model_folder, "identity": model.identity(), "backbone": model.backbone,
+                          "config": to_dict(model.config), "versions": meta.get("versions")}}
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.searcher.indexes)
+
+    def search(self, *, text: str | None = None, image: Path | None = None, top_k: int = 10,
+               target: str = "images") -> dict[str, Any]:
+        with self.lock:  # the model; FAISS below runs outside the lock
+            query = self.searcher.query_vectors(text, image=image, cache_dir=self.cache_dir)
+        return self.searcher.rank(query, top_k, target)
+
+    def image_path(self, row: int) -> Path | None:
+        """The file of indexed image ``row``, if it is still there and is an image file."""
+        if not 0 <= row < len(self.ids):
+            return None
+        path = Path(self.ids[row])
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            return None
+        return path
+
+    def thumbnail(self, row: int) -> bytes | None:
+        """A JPEG of at most THUMBNAIL_PX pixels a side, made once and kept (least recently used out)."""
+        with self._thumbs_lock:
+            if row in self._thumbs:
+                self._thumbs.move_to_end(row)
+                return self._thumbs[row]
+        path = self.image_path(row)
+        if path is None:
+            return None
+        try:
+            image = load_image(path)
+        except EmitError:
+            return None
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumbs_lock:
+            self._thumbs[row] = data
+            while len(self._thumbs) > THUMBNAIL_CACHE:
+                self._thumbs.popitem(last=False)
+        return data
+
+
+class PairingService:
+    """A pairing model and its backbone, loaded once."""
+
+    def __init__(self, model_dir: Path, cache_dir: Path | None = None) -> None:
+        self.folder = model_dir
+        self.model: PairingModel
+        self.backbone: Backbone
+        self.model, self.backbone = load_pairing_model(model_dir)
+        self.cache_dir = cache_dir
+        self.lock = threading.Lock()
+        meta = read_json(model_dir / MODEL_FILE)
+        self.info = {"folder": str(model_dir), "config": to_dict(self.model.config),
+                     "backbone": self.model.backbone_identity, "labels": len(self.model.vocab.labels),
+                     "members": len(self.model.members), "assign": self.assignment(),
+                     "versions": meta.get("versions")}
+
+    def assignment(self, assign: AssignMode | None = None) -> str:
+        return assignment_used(self.model, assign)
+
+    def predict(self, products: Sequence[Product], problems: ProblemLog,
+                assign: AssignMode | None = None) -> list[ProductDecision]:
+        with self.lock:
+            return predict_products(self.model, self.backbone, products, cache_dir=self.cache_dir,
+                                    problems=problems, progress=False, assign_mode=assign)
+
+
+@dataclass
+class Services:
+    search: SearchService | None = None
+    pairing: PairingService | None = None
+    extra_info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_services(index: Path | None, retrieval_model: Path | None, pairing_model: Path | None,
+                  cache_dir: Path | None) -> Services:
+    """Load everything the settings name; a missing or mismatched model stops start-up here."""
+    services = Services()
+    if index is not None:
+        services.search = SearchService(index, retrieval_model, cache_dir)
+        log.info("search index loaded", extra={"fields": {
+            "index": str(index), "images": len(services.search.ids), "targets": services.search.targets}})
+    if pairing_model is not None:
+        services.pairing = PairingService(pairing_model, cache_dir)
+        log.info("pairing model loaded", extra={"fields": {
+            "model": str(pairing_model), "members": len(services.pairing.model.members)}})
+    return services
+

@@ -1,0 +1,131 @@
+"""Configuration of ``emit serve``: flags override environment variables, which override defaults.
+
+Every setting has an environment variable (``EMIT_INDEX``, ``EMIT_PORT``, ...; see
+:data:`ENV`), so the service can run from a container or a unit file with no flags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from emit.problems import EmitError
+
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; anything beyond gets a 4xx answer, not work."""
+
+    max_upload_bytes: int = 20 * MB  # a whole request body, files included
+    max_images: int = 32  # images in one upload (a product has fewer than ten)
+    max_tags: int = 64  # option tags of one product
+    max_image_pixels: int = 25_000_000  # a small file can decode to gigabytes (a "decompression bomb")
+    max_top_k: int = 100  # results of one search
+    max_query_chars: int = 500  # length of a text query
+    max_products: int = 2000  # products in one review batch (a loaded folder)
+    max_batches: int = 32  # review batches kept in memory; the oldest is dropped first
+
+    def validate(self) -> Limits:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise EmitError(f"limit {f.name} must be at least 1, got {getattr(self, f.name)}")
+        return self
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    index: Path | None = None  # index folder from `emit index build`
+    retrieval_model: Path | None = None  # run folder; default: the one that built the index
+    pairing_model: Path | None = None  # model folder from `emit pair train`
+    products_root: Path | None = None  # the review page may load product folders under it only
+    export_dir: Path = Path("emit-exports")  # where reviewed final_json.json files go
+    cache_dir: Path | None = None  # feature cache (default: $EMIT_CACHE_DIR or ~/.cache/emit/features)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish after SIGTERM
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Defaults, then ``EMIT_*`` variables, then ``overrides`` that are not None."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        limits: dict[str, Any] = {}
+        for name, var in ENV.items():
+            raw = environ.get(var)
+            if overrides.get(name) is not None:
+                raw = overrides[name]
+            if raw is None or raw == "":
+                continue
+            target = limits if name in _LIMIT_NAMES else values
+            target[name] = _parse(name, var, raw)
+        if "max_upload_mb" in limits:
+            limits["max_upload_bytes"] = int(limits.pop("max_upload_mb") * MB)
+        settings = cls(**values, limits=replace(Limits(), **limits).validate())
+        return settings.validate()
+
+    def validate(self) -> ServeSettings:
+        if self.index is None and self.pairing_model is None:
+            raise EmitError("emit serve needs something to serve: give --index IDX (search) and/or "
+                            "--pairing-model MODEL (pairing and review), or set EMIT_INDEX / "
+                            "EMIT_PAIRING_MODEL")
+        if self.retrieval_model is not None and self.index is None:
+            raise EmitError("--retrieval-model only makes sense with --index")
+        if not 0 < self.port < 65536:
+            raise EmitError(f"port must be in 1..65535, got {self.port}")
+        if self.products_root is not None and not self.products_root.is_dir():
+            raise EmitError(f"products root {self.products_root} is not a folder; give the folder that "
+                            "holds the batches of product folders")
+        return self
+
+
+# setting -> environment variable
+ENV: dict[str, str] = {
+    "index": "EMIT_INDEX",
+    "retrieval_model": "EMIT_RETRIEVAL_MODEL",
+    "pairing_model": "EMIT_PAIRING_MODEL",
+    "products_root": "EMIT_PRODUCTS_ROOT",
+    "export_dir": "EMIT_EXPORT_DIR",
+    "cache_dir": "EMIT_CACHE_DIR",
+    "host": "EMIT_HOST",
+    "port": "EMIT_PORT",
+    "log_level": "EMIT_LOG_LEVEL",
+    "shutdown_timeout": "EMIT_SHUTDOWN_TIMEOUT",
+    "max_upload_mb": "EMIT_MAX_UPLOAD_MB",
+    "max_images": "EMIT_MAX_IMAGES",
+    "max_tags": "EMIT_MAX_TAGS",
+    "max_image_pixels": "EMIT_MAX_IMAGE_PIXELS",
+    "max_top_k": "EMIT_MAX_TOP_K",
+    "max_query_chars": "EMIT_MAX_QUERY_CHARS",
+    "max_products": "EMIT_MAX_PRODUCTS",
+    "max_batches": "EMIT_MAX_BATCHES",
+}
+_LIMIT_NAMES = {"max_upload_mb", "max_images", "max_tags", "max_image_pixels", "max_top_k", "max_query_chars",
+                "max_products", "max_batches"}
+_PATHS = {"index", "retrieval_model", "pairing_model", "products_root", "export_dir", "cache_dir"}
+_FLOATS = {"shutdown_timeout", "max_upload_mb"}
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _parse(name: str, var: str, raw: Any) -> Any:
+    try:
+        if name in _PATHS:
+            return Path(raw).expanduser()
+        if name in _FLOATS:
+            return float(raw)
+        if name == "port" or name in _LIMIT_NAMES:
+            return int(raw)
+    except (TypeError, ValueError) as exc:
+        raise EmitError(f"{var} / --{name.replace('_', '-')}: {raw!r} is not a number") from exc
+    if name == "log_level":
+        level = str(raw).lower()
+        if level not in _LOG_LEVELS:
+            raise EmitError(f"{var} / --log-level: {raw!r} is not one of {', '.join(_LOG_LEVELS)}")
+        return level
+    return str(raw)

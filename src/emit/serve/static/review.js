@@ -1,0 +1,151 @@
+// Pairing review: load a batch, see each image's proposed tag and confidence, change a tag with
+// one click on its chip, and export the batch's final_json.json (written by the server).
+"use strict";
+
+const DOUBTFUL = 0.5;  // proposals less sure than this are highlighted
+let batch = null;       // the batch as the server proposed it
+let chosen = {};        // product id -> the tag chosen for each image
+
+function percent(confidence) {
+  return confidence === null ? "unreadable" : `${Math.round(confidence * 100)}%`;
+}
+
+function imageCard(product, image) {
+  const pid = product.product_id;
+  const tag = chosen[pid][image.index];
+  const changed = tag !== image.tag;
+  const classes = ["card", "image-card"];
+  if (changed) classes.push("changed");
+  if (image.confidence !== null && image.confidence < DOUBTFUL) classes.push("doubtful");
+  const chips = product.tags.map((option) => el("button", {
+    type: "button",
+    class: "chip" + (option === tag ? " selected" : "") + (option === image.tag ? " proposed" : ""),
+    dataset: {tag: option},
+    "aria-pressed": option === tag ? "true" : "false",
+    title: option === image.tag ? "proposed by the model" : "choose this tag",
+    onclick: () => choose(product, image, option),
+  }, option));
+  return el("div", {class: classes.join(" "), dataset: {product: pid, index: image.index}},
+    el("img", {src: image.image_url, alt: image.name, loading: "lazy"}),
+    el("div", {class: "meta"},
+      el("span", {class: "name"}, image.name),
+      el("span", {class: "proposal"}, "proposed: ", image.tag === null ? "—" : image.tag, " · ",
+        el("span", {class: "confidence"}, percent(image.confidence)),
+        changed ? el("strong", {}, " · changed") : null)),
+    el("div", {class: "chips"}, chips));
+}
+
+function productSection(product) {
+  return el("section", {class: "product", dataset: {product: product.product_id}},
+    el("h3", {}, product.product_id,
+      el("span", {class: "muted"}, `${product.images.length} images · ${product.tags.length} tags · ${product.assign}`)),
+    el("div", {class: "grid"}, product.images.map((image) => imageCard(product, image))));
+}
+
+function changedCount() {
+  let n = 0;
+  for (const product of batch.products) {
+    product.images.forEach((image) => { if (chosen[product.product_id][image.index] !== image.tag) n += 1; });
+  }
+  return n;
+}
+
+function renderSummary() {
+  const images = batch.products.reduce((n, p) => n + p.images.length, 0);
+  document.getElementById("batch-summary").textContent =
+    `${batch.products.length} products · ${images} images · ${changedCount()} changed · assignment: ${batch.assign}`;
+}
+
+function renderBatch() {
+  document.getElementById("batch").hidden = false;
+  document.getElementById("batch-title").textContent = batch.label;
+  document.getElementById("products").replaceChildren(...batch.products.map(productSection));
+  const problems = document.getElementById("problems");
+  problems.replaceChildren(...batch.problems.slice(0, 20).map((p) => el("div", {}, `${p.where}: ${p.record}: ${p.what}`)));
+  document.getElementById("export-result").hidden = true;
+  const link = document.getElementById("download-link");
+  link.hidden = !batch.download_url;
+  if (batch.download_url) link.href = batch.download_url;
+  renderSummary();
+}
+
+function choose(product, image, option) {
+  chosen[product.product_id][image.index] = option;
+  const old = document.querySelector(
+    `.image-card[data-product="${CSS.escape(product.product_id)}"][data-index="${image.index}"]`);
+  old.replaceWith(imageCard(product, image));
+  renderSummary();
+}
+
+function start(view) {
+  batch = view;
+  chosen = {};
+  for (const product of batch.products) chosen[product.product_id] = product.images.map((image) => image.tag);
+  renderBatch();
+  setStatus(`Loaded ${batch.label}. Click a tag to change it, then export.`, "ok");
+}
+
+async function act(message, request) {
+  setStatus(message);
+  for (const button of document.querySelectorAll("button")) button.disabled = true;
+  try {
+    return await request();
+  } catch (e) {
+    setStatus(e.message, "error");
+    return null;
+  } finally {
+    for (const button of document.querySelectorAll("button")) button.disabled = false;
+  }
+}
+
+document.getElementById("folder-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const folder = document.getElementById("folder").value;
+  const view = await act(`Loading ${folder} and proposing tags…`, () => postJson("/review/load", {folder}));
+  if (view) start(view);
+});
+
+document.getElementById("upload-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData();
+  for (const file of document.getElementById("upload-images").files) form.append("images", file);
+  for (const line of document.getElementById("upload-tags").value.split("\n")) {
+    if (line.trim()) form.append("tags", line.trim());
+  }
+  form.append("product_id", document.getElementById("upload-pid").value || "upload");
+  const view = await act("Uploading and proposing tags…", () => api("/review/upload", {method: "POST", body: form}));
+  if (view) start(view);
+});
+
+document.getElementById("export-button").addEventListener("click", async () => {
+  if (!batch) return;
+  const tags = {};
+  for (const product of batch.products) tags[product.product_id] = chosen[product.product_id];
+  const result = await act("Exporting…", () => postJson(`/review/batches/${batch.batch_id}/export`, {tags}));
+  if (!result) return;
+  const box = document.getElementById("export-result");
+  box.hidden = false;
+  box.replaceChildren(`Saved final_json.json for ${result.products} products (${result.images} images, `
+    + `${result.changed} changed) to `, el("code", {id: "export-path"}, result.path), ". ",
+    el("a", {href: result.download_url, download: "final_json.json"}, "Download"));
+  const link = document.getElementById("download-link");
+  link.href = result.download_url;
+  link.hidden = false;
+  setStatus("Exported.", "ok");
+});
+
+async function listFolders() {
+  try {
+    const found = await api("/review/folders");
+    document.getElementById("folders").replaceChildren(...found.folders.map((f) => el("option", {value: f})));
+    if (found.folders.length && !document.getElementById("folder").value) {
+      document.getElementById("folder").placeholder = `e.g. ${found.folders[0]}`;
+    }
+    if (found.root === null) document.getElementById("folder-form").hidden = true;
+  } catch (e) { /* the upload form still works */ }
+}
+
+showService().then((health) => {
+  if (health && !health.pairing) setStatus("This server has no pairing model: start emit serve with --pairing-model MODEL.", "error");
+});
+listFolders();

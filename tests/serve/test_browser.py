@@ -1,0 +1,133 @@
+"""The pages in a real browser: Debian's chromium, headless, driven by Selenium, against the real
+server on loopback. A search, then a pairing review that changes one tag and exports; the test
+reads the exported file, and saves a screenshot of each page.
+
+chromium and chromedriver are installed by scripts/install_browser.sh if missing. Without them
+(no apt, not root) the tests skip, unless EMIT_REQUIRE_BROWSER=1 (CI), where they fail.
+EMIT_SCREENSHOTS=1 writes the screenshots to docs/images/ instead of the test's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serve_helpers import LiveServer
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (dev extra)")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 60  # seconds; the CPU is shared with other jobs
+
+
+def _missing_browser() -> str | None:
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    script = REPO / "scripts" / "install_browser.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1200)
+    if done.returncode == 0 and shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    why = done.stderr.strip()[-500:]
+    return f"chromium/chromedriver are missing and {script.name} could not install them: {why}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    problem = _missing_browser()
+    if problem:
+        if os.environ.get("EMIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", "--lang=en-US"):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+def screenshot(driver: webdriver.Chrome, name: str, tmp_path: Path) -> Path:
+    folder = REPO / "docs" / "images" if os.environ.get("EMIT_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    # wait for web fonts (the CJK font) and images, so the picture shows what a person sees
+    driver.execute_async_script("document.fonts.ready.then(() => arguments[arguments.length - 1]())")
+    WebDriverWait(driver, WAIT).until(lambda d: d.execute_script(
+        "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, max(800, min(int(height) + 200, 2600)))  # + the window's own bars
+    path = folder / name
+    assert driver.save_screenshot(str(path))
+    return path
+
+
+def test_search_page_shows_a_grid_of_thumbnails_with_scores(browser, live_server: LiveServer,
+                                                            tmp_path: Path) -> None:
+    browser.get(live_server.url + "/")
+    query = browser.find_element(By.ID, "query")
+    query.send_keys("a red circle")
+    top = browser.find_element(By.ID, "top-k")
+    top.clear()
+    top.send_keys("8")
+    browser.find_element(By.ID, "search-button").click()
+    wait = WebDriverWait(browser, WAIT)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 8)
+    cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+    names = [c.get_attribute("data-name") for c in cards]
+    assert sum(n.startswith("red") for n in names[:3]) >= 2
+    scores = [c.find_element(By.CSS_SELECTOR, ".score").text for c in cards]
+    assert all(s.startswith("distance ") for s in scores)
+    values = [float(s.split()[1]) for s in scores]
+    assert values == sorted(values)
+    assert "8 images nearest to" in browser.find_element(By.ID, "status").text
+    shot = screenshot(browser, "serve_search.png", tmp_path)
+    assert shot.stat().st_size > 10_000
+
+
+def test_review_page_changes_one_tag_and_exports(browser, live_server: LiveServer, tmp_path: Path) -> None:
+    browser.get(live_server.url + "/review")
+    wait = WebDriverWait(browser, WAIT)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#folders option"))  # the server's batches
+    browser.find_element(By.ID, "folder").send_keys("batch1")
+    browser.find_element(By.ID, "load-button").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".image-card"))
+    cards = browser.find_elements(By.CSS_SELECTOR, ".image-card")
+    proposals = {}
+    for card in cards:
+        key = (card.get_attribute("data-product"), int(card.get_attribute("data-index")))
+        proposals[key] = card.find_element(By.CSS_SELECTOR, ".chip.selected").get_attribute("data-tag")
+        assert "%" in card.find_element(By.CSS_SELECTOR, ".confidence").text
+
+    # one click on another tag of the first image
+    first = cards[0]
+    pid, index = first.get_attribute("data-product"), int(first.get_attribute("data-index"))
+    other = first.find_element(By.CSS_SELECTOR, ".chip:not(.selected)")
+    new_tag = other.get_attribute("data-tag")
+    other.click()
+    selector = f'.image-card[data-product="{pid}"][data-index="{index}"]'
+    changed = browser.find_element(By.CSS_SELECTOR, selector)
+    assert "changed" in changed.get_attribute("class")
+    assert changed.find_element(By.CSS_SELECTOR, ".chip.selected").get_attribute("data-tag") == new_tag
+    assert "1 changed" in browser.find_element(By.ID, "batch-summary").text
+
+    browser.find_element(By.ID, "export-button").click()
+    wait.until(lambda d: d.find_elements(By.ID, "export-path"))
+    path = Path(browser.find_element(By.ID, "export-path").text)
+    assert path == live_server.export_dir / "batch1" / "final_json.json"
+    written = json.loads(path.read_text(encoding="utf-8"))
+    for (product_id, k), proposed in proposals.items():
+        ((name, tag),) = written[product_id]["imgs_tags"][k].items()
+        assert tag == (new_tag if (product_id, k) == (pid, index) else proposed), name
+    shot = screenshot(browser, "serve_pairing.png", tmp_path)
+    assert shot.stat().st_size > 10_000

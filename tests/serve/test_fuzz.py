@@ -1,0 +1,71 @@
+"""Property-based fuzzing of the service's OpenAPI schema (schemathesis): whatever a client sends
+that the schema allows (positive cases), or that breaks it on purpose (negative cases), the
+answer is never a 5xx, and every error is the documented JSON body.
+
+Operations are driven through hypothesis directly: schemathesis's pytest plugin does not run
+under pytest 9 (it reads a node attribute that no longer exists).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="the fuzz test needs schemathesis (dev extra)")
+
+from fastapi import FastAPI  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from serve_helpers import Built, settings_for  # noqa: E402
+
+from emit.serve.app import create_app  # noqa: E402
+
+MAX_EXAMPLES = 20  # per operation and mode; the schema has about 15 operations
+
+
+@pytest.fixture(scope="module")
+def fuzzed_app(built: Built, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    return create_app(settings_for(built, tmp_path_factory.mktemp("fuzz-exports")))
+
+
+def check(case) -> None:
+    response = case.call_and_validate(checks=[not_a_server_error])
+    if response.status_code >= 400:
+        kind = response.headers.get("content-type") or [""]  # schemathesis keeps every value: a list
+        assert kind[0].startswith("application/json"), case.as_curl_command()
+        body = response.json()
+        assert isinstance(body["error"], str) and isinstance(body["message"], str), body
+    return response.status_code
+
+
+def fuzz_operation(operation, mode: GenerationMode) -> list[int]:
+    """Statuses of MAX_EXAMPLES generated requests to one operation."""
+    statuses: list[int] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case) -> None:
+        statuses.append(check(case))
+
+    try:
+        fuzz()
+    except Unsatisfiable:  # an operation without inputs has no invalid inputs to send
+        assert mode == GenerationMode.NEGATIVE
+    except Exception as exc:
+        raise AssertionError(f"{operation.label} ({mode.value}): {exc}") from exc
+    return statuses
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                         ids=["positive", "negative"])
+def test_no_request_gets_a_server_error(fuzzed_app: FastAPI, mode: GenerationMode) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed_app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 12
+    statuses = {op.label: fuzz_operation(op, mode) for op in operations}
+    calls = sum(len(v) for v in statuses.values())
+    assert calls >= 100 and {"POST /pair", "POST /search/text", "POST /review/load"} <= set(statuses)
+    if mode == GenerationMode.POSITIVE:  # valid requests do succeed sometimes: the fuzzer gets through
+        assert 200 in statuses["POST /search/text"] and 200 in statuses["GET /info"]

@@ -1,0 +1,25 @@
+"""A bounded load test on loopback: 2,000 text searches from 16 concurrent clients against the real
+server. Zero errors is asserted; the latencies are written to benchmarks/results, never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serve_helpers import LiveServer
+
+from emit.serve.loadtest import run_load, write_results
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "serve_load.json"
+REQUESTS, CLIENTS = 2000, 16
+
+
+def test_2000_searches_from_16_clients_without_an_error(live_server: LiveServer) -> None:
+    result = run_load(live_server.url, REQUESTS, CLIENTS)
+    assert result["requests"] == REQUESTS
+    assert result["errors"] == 0, result["error_examples"]
+    assert result["status_counts"] == {"200": REQUESTS}
+    path = write_results(result, RESULTS, source="tests/serve/test_load.py (bash scripts/test.sh)",
+                         index_images=20, server="emit serve, one uvicorn worker, torch threads 1")
+    saved = json.loads(path.read_text())
+    assert saved["errors"] == 0 and saved["latency_ms"]["p95"] >= saved["latency_ms"]["p50"] > 0
