@@ -8,16 +8,20 @@ under pytest 9 (it reads a node attribute that no longer exists).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzz test needs schemathesis (dev extra)")
 
 from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
-from serve_helpers import Built, settings_for  # noqa: E402
+from serve_helpers import Built, png_bytes, settings_for  # noqa: E402
 
 from emit.serve.app import create_app  # noqa: E402
 
@@ -69,3 +73,39 @@ def test_no_request_gets_a_server_error(fuzzed_app: FastAPI, mode: GenerationMod
     assert calls >= 100 and {"POST /pair", "POST /search/text", "POST /review/load"} <= set(statuses)
     if mode == GenerationMode.POSITIVE:  # valid requests do succeed sometimes: the fuzzer gets through
         assert 200 in statuses["POST /search/text"] and 200 in statuses["GET /info"]
+
+
+# ---- a property of POST /pair, with real images ------------------------------------------------
+
+tag_text = st.text(st.characters(categories=("L", "N", "Zs"), exclude_characters="\u2028\u2029"),
+                   min_size=1, max_size=8).map(str.strip).filter(bool)
+
+
+@pytest.fixture(scope="module")
+def pair_client(fuzzed_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(fuzzed_app) as client:
+        yield client
+
+
+@given(colours=st.lists(st.tuples(*[st.integers(0, 255)] * 3), min_size=1, max_size=6),
+       tags=st.lists(tag_text, min_size=1, max_size=5, unique=True),
+       assign=st.sampled_from(["exact", "argmin"]))
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_pair_gives_every_image_one_of_its_tags(pair_client: TestClient, colours, tags, assign) -> None:
+    files = [("images", (f"{k}.png", png_bytes(c), "image/png")) for k, c in enumerate(colours)]
+    response = pair_client.post("/pair", files=files, data={"tags": tags, "assign": assign})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    chosen = [i["tag"] for i in body["images"]]
+    assert body["tags"] == tags and body["assign"] == assign and len(chosen) == len(colours)
+    assert all(t in tags for t in chosen) and all(0 < i["confidence"] <= 1 for i in body["images"])
+    assert len(body["cost"]) == len(colours) and all(len(row) == len(tags) for row in body["cost"])
+    if assign == "exact":
+        if len(colours) >= len(tags):
+            assert set(chosen) == set(tags)  # every option shown
+        else:
+            assert len(set(chosen)) == len(chosen)  # fewer images than options: all different
+    else:  # argmin: each image its cheapest tag
+        for row, tag in zip(body["cost"], chosen, strict=True):
+            assert row[tags.index(tag)] == min(row)

@@ -19,7 +19,7 @@ def test_2000_searches_from_16_clients_without_an_error(live_server: LiveServer)
     assert result["requests"] == REQUESTS
     assert result["errors"] == 0, result["error_examples"]
     assert result["status_counts"] == {"200": REQUESTS}
-    path = write_results(result, RESULTS, source="tests/serve/test_load.py (bash scripts/test.sh)",
-                         index_images=20, server="emit serve, one uvicorn worker, torch threads 1")
+    path = write_results(result, RESULTS, command="bash scripts/test.sh (tests/serve/test_load.py)",
+                         index_images=20, server="emit serve (one uvicorn worker, --threads 1) on 127.0.0.1")
     saved = json.loads(path.read_text())
     assert saved["errors"] == 0 and saved["latency_ms"]["p95"] >= saved["latency_ms"]["p50"] > 0

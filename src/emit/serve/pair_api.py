@@ -4,7 +4,6 @@ and the assignment rule that decided it (the library's :func:`predict_products`)
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,7 +16,7 @@ from emit.problems import ProblemLog
 from emit.serve.errors import ErrorBody, not_configured
 from emit.serve.services import PairingService
 from emit.serve.settings import Limits
-from emit.serve.uploads import check_product_id, clean_tags, read_images, save_product
+from emit.serve.uploads import check_product_id, clean_tags, read_images, save_product, scratch
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 422)}
 AssignField = Literal["exact", "argmin"]
@@ -64,7 +63,7 @@ def pair_router(service: PairingService | None, limits: Limits, workdir: Path) -
         pid = check_product_id(product_id)
         options = clean_tags(tags, limits)
         uploads = read_images(images, limits)
-        with tempfile.TemporaryDirectory(dir=workdir, prefix="pair-") as tmp:
+        with scratch(workdir, "pair-") as tmp:
             product = save_product(Path(tmp) / pid, pid, uploads, options)
             (decision,) = service.predict([product], ProblemLog(echo=False), assign)
         return decision_json(product, decision, service.assignment(assign))

@@ -7,7 +7,6 @@ path the client sends, so the service can only ever show files the index was bui
 # No ``from __future__ import annotations`` here: FastAPI must see the request model, which is
 # built inside search_router (its limits come from the settings), as a class, not a string.
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from emit.serve.errors import ApiError, ErrorBody, not_configured
 from emit.serve.services import SearchService
 from emit.serve.settings import Limits
-from emit.serve.uploads import read_images
+from emit.serve.uploads import read_images, scratch
 
 Target = Literal["images", "texts"]
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 422)}
@@ -85,7 +84,7 @@ def search_router(service: SearchService | None, limits: Limits, workdir: Path) 
         """The ``top_k`` indexed images (or texts) nearest to an uploaded image."""
         searcher = ready(target)
         (upload,) = read_images([image], limits)
-        with tempfile.TemporaryDirectory(dir=workdir, prefix="query-") as tmp:
+        with scratch(workdir, "query-") as tmp:
             path = Path(tmp) / upload.name
             path.write_bytes(upload.data)
             found = searcher.search(image=path, top_k=top_k, target=target)

@@ -8,6 +8,7 @@ blank, duplicate or overlong tags.
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,12 @@ def check_product_id(product_id: str) -> str:
         raise ApiError(422, "bad_product_id", f"product id {product_id!r} must be a plain name (no '/', "
                        "no '..')")
     return product_id
+
+
+def scratch(workdir: Path, prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for one request's files, removed when the request is done."""
+    workdir.mkdir(parents=True, exist_ok=True)  # the app's shutdown removes workdir; a new start needs it
+    return tempfile.TemporaryDirectory(dir=workdir, prefix=prefix)
 
 
 def save_product(folder: Path, product_id: str, images: Sequence[Upload], tags: Sequence[str]) -> Product:
