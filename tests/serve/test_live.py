@@ -121,7 +121,7 @@ def test_serve_without_anything_to_serve_says_what_to_give(caplog: pytest.LogCap
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("EMIT_INDEX", "EMIT_PAIRING_MODEL"):
         monkeypatch.delenv(var, raising=False)
-    assert main(["serve"]) == 2
+    assert main(["serve", "--threads", "1"]) == 2
     assert "--index" in errors_of(caplog)
 
 
@@ -131,12 +131,14 @@ def test_serve_refuses_bad_settings(built: Built, caplog: pytest.LogCaptureFixtu
 
     monkeypatch.setattr(emit.serve.app, "setup_logging", lambda level: None)  # keep pytest's handlers
     monkeypatch.setenv("EMIT_PORT", "eighty")
-    assert main(["serve", "--pairing-model", str(built.pairing_model)]) == 2
+    assert main(["serve", "--threads", "1", "--pairing-model", str(built.pairing_model)]) == 2
     assert "EMIT_PORT" in errors_of(caplog)
     monkeypatch.delenv("EMIT_PORT")
-    assert main(["serve", "--pairing-model", str(built.pairing_model), "--products-root", "/no/such"]) == 2
+    model = str(built.pairing_model)
+    assert main(["serve", "--threads", "1", "--pairing-model", model, "--products-root", "/no/such"]) == 2
     assert "products root" in errors_of(caplog)
-    assert main(["serve", "--index", str(built.root / "nothing-here")]) == 2  # fails while loading
+    missing = str(built.root / "nothing-here")
+    assert main(["serve", "--threads", "1", "--index", missing]) == 2  # fails while loading
     assert "nothing-here" in errors_of(caplog)
 
 
@@ -145,5 +147,5 @@ def test_serve_without_the_serve_extra_says_how_to_install(caplog: pytest.LogCap
     import emit.cli_serve
 
     monkeypatch.setattr(emit.cli_serve, "missing_modules", lambda: ["fastapi", "uvicorn"])
-    assert main(["serve", "--index", "idx"]) == 2
+    assert main(["serve", "--threads", "1", "--index", "idx"]) == 2
     assert "pip install 'emit[serve]'" in errors_of(caplog)
