@@ -69,7 +69,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default, choices=choices,
                        help=help_text)
     for name, help_text in _SWITCHES.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=help_text)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction,
+                       default=getattr(defaults, name), help=help_text)
 
 
 def config_from(args: argparse.Namespace) -> RetrievalConfig:

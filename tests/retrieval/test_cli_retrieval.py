@@ -82,7 +82,8 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"],
                 "--out", out / "run", "--backbone", "colour-hist", "--vectors", data["vectors"],
                 "--hidden", 32, "--num-layers", 1, "--epochs", 60, "--batch-size", 20, "--lr", 0.01,
-                "--val-fraction", 0, "--cache-dir", cache, "-q"]) == 0
+                "--val-fraction", 0, "--cache-dir", cache, "-q",
+                "--loss", "patr", "--no-normalise-images", "--no-image-projection"]) == 0  # the paper's
     assert run(["index", "build", out / "run", data["images"], "--out", out / "idx",
                 "--texts", data["titles"], "--cache-dir", cache, "-q"]) == 0
     return {"run": out / "run", "idx": out / "idx", "cache": cache}

@@ -1,0 +1,127 @@
+"""Shared parts of the retrieval benchmarks: a hashed test split of images, training on the rest
+with emit's own early-stopping split, evaluation on the test images, and a markdown table.
+
+Not a test and not part of the package: the benchmarks import it as a sibling module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEYS = ("R@1", "R@5", "R@10", "R@20", "median_rank")
+
+
+@dataclass
+class Task:
+    texts: list[str]
+    rows: np.ndarray  # image row of each text
+    categories: list[str | None] | None = None
+
+
+@dataclass
+class Bench:
+    features: np.ndarray  # (N, D) raw backbone features
+    keys: list[str]  # split key of each image (images of one product share one)
+    tasks: dict[str, Task]
+    is_test: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+def hashed_order(keys: list[str], salt: str) -> list[str]:
+    return sorted(set(keys), key=lambda k: hashlib.sha256(f"{salt}:{k}".encode()).hexdigest())
+
+
+def hold_out(bench: Bench, salt: str, *, n_images: int | None = None, fraction: float | None = None) -> None:
+    """Mark test images: the first keys in a salted hash order, up to ``n_images`` images or
+    ``fraction`` of the keys. Images sharing a key go together."""
+    order = hashed_order(bench.keys, salt)
+    if fraction is not None:
+        chosen = set(order[:round(fraction * len(order))])
+    else:
+        chosen, count = set(), 0
+        per_key: dict[str, int] = {}
+        for k in bench.keys:
+            per_key[k] = per_key.get(k, 0) + 1
+        for k in order:
+            if count >= (n_images or 0):
+                break
+            chosen.add(k)
+            count += per_key[k]
+    bench.is_test = np.array([k in chosen for k in bench.keys])
+
+
+def side(bench: Bench, test: bool) -> tuple[np.ndarray, list[str], dict[str, Task]]:
+    """Features, keys and tasks of the test (or training) images, rows renumbered."""
+    keep = np.flatnonzero(bench.is_test == test)
+    new_row = -np.ones(len(bench.keys), dtype=np.int64)
+    new_row[keep] = np.arange(len(keep))
+    tasks = {}
+    for name, t in bench.tasks.items():
+        sel = np.flatnonzero(bench.is_test[t.rows] == test)
+        tasks[name] = Task([t.texts[i] for i in sel], new_row[t.rows[sel]],
+                           None if t.categories is None else [t.categories[i] for i in sel])
+    return bench.features[keep], [bench.keys[i] for i in keep], tasks
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {d: {k: round(float(v), 2) for k, v in report[d].items() if k in KEYS}
+                           for d in ("text_to_image", "image_to_text")}
+    if report["map_at_r"]["relevance"] == "category":
+        out["map_at_r"] = {"R": report["map_at_r"]["R"],
+                           **{d: round(100 * report["map_at_r"][d], 2)
+                              for d in ("text_to_image", "image_to_text")}}
+    return out
+
+
+def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: Path,
+                       eval_tasks: list[str] | None = None) -> dict[str, Any]:
+    """Train ``RetrievalConfig(**settings)`` on the training images (early stopping on emit's
+    inner --val-fraction split of them) and evaluate every task on the test images."""
+    from emit.retrieval.config import RetrievalConfig
+    from emit.retrieval.evaluate import evaluate_model
+    from emit.retrieval.train import Pairs, train_retrieval
+
+    x_tr, keys_tr, tr = side(bench, test=False)
+    x_te, _, te = side(bench, test=True)
+    config = RetrievalConfig(**settings)
+    pairs = {k: Pairs(t.texts, t.rows) if k in tr else None for k, t in tr.items()}
+    start = time.perf_counter()
+    model = train_retrieval(x_tr, pairs.get("titles"), pairs.get("clicks"), config, out=work / name,
+                            image_keys=keys_tr, progress=False)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"settings": settings, "train_seconds": round(seconds, 1),
+                              "best_epoch": model.info["best_epoch"],
+                              "epochs_run": len(model.info["history"]),
+                              "margin": round(float(model.margin), 4)}
+    for task in eval_tasks or list(te):
+        t = te[task]
+        report = evaluate_model(model, t.texts, t.rows, x_te, categories=t.categories)
+        result[task] = summarise(report)
+        result[task]["counts"] = {k: report["counts"][k] for k in ("captions", "images", "distinct_texts")}
+    return result
+
+
+def run_rows(rows: dict[str, dict[str, Any]], wanted: list[str], results: dict[str, Any], json_path: Path,
+             run_one: Any) -> dict[str, Any]:
+    """Run the rows not yet in ``results`` with the same settings; save after each one."""
+    from emit.files import atomic_write_json
+
+    for name in wanted:
+        if name not in rows:
+            raise SystemExit(f"unknown row {name!r}; choose from {', '.join(rows)}")
+        if name in results and results[name].get("settings") == rows[name]:
+            continue
+        print(f"-- {name}", flush=True)
+        results[name] = run_one(name, rows[name])
+        print(json.dumps(results[name]), flush=True)
+        # re-read first: another process may be running other rows into the same file
+        saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
+        results = {**saved, name: results[name]}
+        atomic_write_json(json_path, results)
+    return {k: results[k] for k in rows if k in results}

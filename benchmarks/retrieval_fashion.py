@@ -1,0 +1,112 @@
+"""Fashion retrieval: multitask (titles + queries) versus one task, evaluated on each task.
+
+Data: ../shared/data/fashion-retrieval: 6,646 catalogue photos, each with its real title
+(titles.jsonl) and a short query built from its catalogue fields (queries.jsonl, read as a click
+log). Images are grouped by emit's split key (photos of one pairing product go together); the
+15 % of keys first in sha256("fashion-test:<key>") order are the reported test images, and
+early stopping uses emit's own --val-fraction split of the rest.
+
+Every row is evaluated on the test images for both tasks: text -> image and image -> text
+R@1/10/20 and median rank (identical texts count as one query: a query like "men black
+watches" finds any of its images), and category mAP@50 (28 catalogue sub-categories).
+
+The "default" row is `emit retrieval train`'s default configuration, and its training time is
+the issue's speed figure (features cached beforehand).
+
+    python benchmarks/retrieval_fashion.py                  # every row -> results/retrieval_fashion.*
+    python benchmarks/retrieval_fashion.py --rows default   # some rows (others kept from the JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from retrieval_common import Bench, Task, hold_out, run_rows, train_and_evaluate
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared/data/fashion-retrieval"
+TEST_FRACTION = 0.15
+
+ROWS: dict[str, dict[str, Any]] = {
+    "default (multitask)": {},
+    "titles only": {"tasks": "titles"},
+    "queries only": {"tasks": "clicks"},
+    "paper: multitask PATR, raw features": {"loss": "patr", "mining": "any", "normalise_images": False,
+                                            "image_projection": False, "extra_stopwords": "men,women"},
+}
+
+
+def load(cache_dir: Path) -> Bench:
+    from emit.data.captions import image_indices, read_captions
+    from emit.retrieval.jobs import split_key
+    from emit.vision.backbones import create_backbone
+    from emit.vision.features import extract_features
+
+    titles, _ = read_captions(DATA / "titles.jsonl", "jsonl")
+    queries, _ = read_captions(DATA / "queries.jsonl", "clicks")
+    paths, _ = image_indices(titles + queries)
+    feats, ok = extract_features(paths, create_backbone("efficientnet-lite0"), cache_dir=cache_dir,
+                                 progress=False)
+    if not ok.all():
+        raise SystemExit(f"{int((~ok).sum())} images unreadable")
+    row = {str(p): i for i, p in enumerate(paths)}
+
+    def task(caps: list[Any]) -> Task:
+        import numpy as np
+
+        return Task([c.text for c in caps], np.array([row[c.image_id] for c in caps]),
+                    [c.category for c in caps])
+
+    bench = Bench(feats, [split_key(p) for p in paths], {"titles": task(titles), "clicks": task(queries)})
+    hold_out(bench, "fashion-test", fraction=TEST_FRACTION)
+    return bench
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| row | task | t→i R@1 | R@10 | R@20 | med. rank | i→t R@1 | R@10 | R@20 | mAP@50 t→i | "
+             "mAP@50 i→t | train s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for task in ("titles", "clicks"):
+            t, i, m = r[task]["text_to_image"], r[task]["image_to_text"], r[task]["map_at_r"]
+            lines.append(f"| {name} | {'queries' if task == 'clicks' else task} | {t['R@1']:.1f} | "
+                         f"{t['R@10']:.1f} | {t['R@20']:.1f} | {t['median_rank']:g} | {i['R@1']:.1f} | "
+                         f"{i['R@10']:.1f} | {i['R@20']:.1f} | {m['text_to_image']:.1f} | "
+                         f"{m['image_to_text']:.1f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/emit-bench-fashion"),
+                    help="run folders (checkpoints: a killed benchmark resumes)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_fashion")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from emit.files import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    json_path = args.out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    bench = load(args.cache_dir)
+    print(f"{len(bench.keys)} images, {int(bench.is_test.sum())} test images", flush=True)
+
+    def run_one(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        folder = "".join(c if c.isalnum() else "_" for c in name)
+        return train_and_evaluate(folder, settings, bench, args.work, eval_tasks=["titles", "clicks"])
+
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    ordered = run_rows(ROWS, wanted, results, json_path, run_one)
+    atomic_write_text(args.out.with_suffix(".md"), table(ordered))
+    print(table(ordered))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Flickr8k text-to-image retrieval: losses, mining modes, encoders, and a linear reference.
+
+Data: ../shared/data/flickr8k (the 6,000 training images of Flickr8k, 5 captions each). The
+1,000 images first in sha256("flickr8k-test:<name>") order are the reported split; the other
+5,000 train. Early stopping holds out a further 10 % of the *training* images (emit's own
+--val-fraction), so the 1,000 reported images never pick an epoch. Every row is evaluated on
+those 1,000 images x 5,000 captions: R@1/5/10 in both directions and the median rank.
+
+Image side: frozen EfficientNet-Lite0 pooled features, L2-normalised. Rows differ only where
+named (see ROWS); BASE holds the rest.
+
+The "ridge" row is the linear reference the issue names: ridge regression from frozen MiniLM
+sentence embeddings to the (normalised) Lite0 features, no deep training, compared by cosine;
+lambda is picked on the inner 10 % of the training images.
+
+    python benchmarks/retrieval_flickr8k.py                    # every row -> results/retrieval_flickr8k.*
+    python benchmarks/retrieval_flickr8k.py --rows patr,ridge  # some rows (others kept from the JSON)
+
+Rows already in the JSON with the same settings are not run again (delete it to start over);
+several processes may run different rows into the same JSON. Image features come from emit's
+feature cache (--cache-dir), filled on the first run (about 7 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval_common import Bench, Task, hold_out, run_rows, side, summarise, train_and_evaluate
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared/data/flickr8k"
+N_TEST = 1000
+
+BASE: dict[str, Any] = {"tasks": "titles", "normalise_images": True, "num_layers": 1, "hidden": 256,
+                        "beta1": 0.9, "epochs": 12, "val_fraction": 0.1}
+ROWS: dict[str, dict[str, Any]] = {
+    "l2": {**BASE, "loss": "l2"},
+    "triplet": {**BASE, "loss": "triplet", "mining": "any"},
+    "patr": {**BASE, "loss": "patr", "mining": "any"},
+    "patr mining=all": {**BASE, "loss": "patr", "mining": "all"},
+    "patr mining=none": {**BASE, "loss": "patr", "mining": "none"},
+    "infonce+projection": {**BASE, "loss": "infonce", "image_projection": True},
+    "minilm patr": {**BASE, "encoder": "minilm", "loss": "patr", "mining": "any"},
+    "minilm infonce+projection": {**BASE, "encoder": "minilm", "loss": "infonce", "image_projection": True,
+                                  "epochs": 8},
+    "ridge reference": {"model": "ridge: MiniLM -> normalised Lite0, cosine"},
+}
+
+
+def load(cache_dir: Path) -> Bench:
+    from emit.data.captions import image_indices, read_flickr8k
+    from emit.vision.backbones import create_backbone
+    from emit.vision.features import extract_features
+
+    caps, _ = read_flickr8k(DATA / "Flickr8k.token.txt", DATA / "Flickr_8k.trainImages.txt")
+    paths, caption_image = image_indices(caps)
+    feats, ok = extract_features(paths, create_backbone("efficientnet-lite0"), cache_dir=cache_dir,
+                                 progress=False)
+    if not ok.all():
+        raise SystemExit(f"{int((~ok).sum())} images unreadable")
+    bench = Bench(feats, [p.name for p in paths], {"titles": Task([c.text for c in caps], caption_image)})
+    hold_out(bench, "flickr8k-test", n_images=N_TEST)
+    return bench
+
+
+def run_ridge(bench: Bench, settings: dict[str, Any]) -> dict[str, Any]:
+    from emit.retrieval.encoders import load_minilm
+    from emit.retrieval.evaluate import evaluate_embeddings
+    from emit.split import in_validation
+
+    start = time.perf_counter()
+    minilm = load_minilm()
+    x_tr, keys_tr, tr = side(bench, test=False)
+    x_te, _, te = side(bench, test=True)
+    t_tr, r_tr = tr["titles"].texts, tr["titles"].rows
+    t_te, r_te = te["titles"].texts, te["titles"].rows
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.concatenate([minilm(texts[i:i + 256]).numpy() for i in range(0, len(texts), 256)])
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def fit(s: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        mu_s, mu_y = s.mean(0), y.mean(0)
+        w = np.linalg.solve((s - mu_s).T @ (s - mu_s) + lam * np.eye(s.shape[1]), (s - mu_s).T @ (y - mu_y))
+        return w, mu_y - mu_s @ w
+
+    def report(pred: np.ndarray, images: np.ndarray, rows: np.ndarray, texts: list[str]) -> dict[str, Any]:
+        return evaluate_embeddings(unit(pred), unit(images), rows, metric="ip", texts=texts)
+
+    s_tr, s_te = embed(t_tr), embed(t_te)
+    y_tr = unit(x_tr)[r_tr]
+    inner = np.array([in_validation(k, 0.1, 0) for k in keys_tr])[r_tr]
+    inner_rows = np.unique(r_tr[inner])
+    renumber = {int(r): j for j, r in enumerate(inner_rows)}
+    inner_of = np.array([renumber[int(r)] for r in r_tr[inner]])
+    inner_texts = [t for t, k in zip(t_tr, inner, strict=True) if k]
+    scores = {}
+    for lam in (0.1, 1.0, 10.0, 100.0):
+        w, b = fit(s_tr[~inner], y_tr[~inner], lam)
+        rep = report(s_tr[inner] @ w + b, x_tr[inner_rows], inner_of, inner_texts)
+        scores[lam] = rep["text_to_image"]["R@1"] + rep["image_to_text"]["R@1"]
+    lam = max(scores, key=lambda k: scores[k])
+    w, b = fit(s_tr, y_tr, lam)
+    result = summarise(report(s_te @ w + b, x_te, r_te, t_te))
+    return {"settings": settings, "lambda": lam, "train_seconds": round(time.perf_counter() - start, 1),
+            "titles": result}
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| row | t→i R@1 | R@5 | R@10 | med. rank | i→t R@1 | R@5 | R@10 | med. rank | best epoch "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        t, i = r["titles"]["text_to_image"], r["titles"]["image_to_text"]
+        lines.append(f"| {name} | {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | {t['median_rank']:g} | "
+                     f"{i['R@1']:.1f} | {i['R@5']:.1f} | {i['R@10']:.1f} | {i['median_rank']:g} | "
+                     f"{r.get('best_epoch', '–')} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/emit-bench-flickr8k"),
+                    help="run folders (checkpoints: a killed benchmark resumes)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_flickr8k")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from emit.files import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    json_path = args.out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    bench = load(args.cache_dir)
+    print(f"{len(bench.keys)} images, {len(bench.tasks['titles'].texts)} captions, "
+          f"{int(bench.is_test.sum())} test images", flush=True)
+
+    def run_one(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        if name.startswith("ridge"):
+            return run_ridge(bench, settings)
+        return train_and_evaluate(name.replace(" ", "_"), settings, bench, args.work)
+
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    ordered = run_rows(ROWS, wanted, results, json_path, run_one)
+    atomic_write_text(args.out.with_suffix(".md"), table(ordered))
+    print(table(ordered))
+
+
+if __name__ == "__main__":
+    main()
