@@ -56,7 +56,8 @@ def test_config_defaults_and_validation() -> None:
     c = RetrievalConfig()
     got = (c.backbone, c.encoder, c.num_layers, c.dropout, c.loss, c.mining, c.batch_size, c.beta1, c.tasks,
            c.image_projection, c.normalise_images)
-    assert got == ("efficientnet-lite0", "lstm", 1, 0.25, "infonce", "any", 512, 0.99, "multitask", True, True)
+    assert got == ("efficientnet-lite0", "lstm", 1, 0.25, "infonce", "any", 512, 0.99, "multitask", True,
+                   True)
     assert c.validate() is c and c.metric == "ip" and RetrievalConfig(loss="patr").metric == "l2"
     for bad in ({"loss": "hinge"}, {"mining": "some"}, {"tasks": "both"}, {"beta1": 1.0}, {"margin": -1.0},
                 {"encoder": "gru"}, {"val_fraction": 1.0}, {"n_negatives": 0, "loss": "patr"},
