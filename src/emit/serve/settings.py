@@ -6,6 +6,7 @@ Every setting has an environment variable (``EMIT_INDEX``, ``EMIT_PORT``, ...; s
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -66,7 +67,12 @@ class ServeSettings:
             target = limits if name in _LIMIT_NAMES else values
             target[name] = _parse(name, var, raw)
         if "max_upload_mb" in limits:
-            limits["max_upload_bytes"] = int(limits.pop("max_upload_mb") * MB)
+            megabytes = limits.pop("max_upload_mb")
+            if not (math.isfinite(megabytes) and megabytes > 0):
+                raise EmitError("EMIT_MAX_UPLOAD_MB / --max-upload-mb must be a positive number, "
+                                f"got {megabytes}")
+            limits["max_upload_bytes"] = max(1, int(megabytes * MB))
+        values.setdefault("export_dir", cls.export_dir.absolute())  # the default, ./emit-exports
         settings = cls(**values, limits=replace(Limits(), **limits).validate())
         return settings.validate()
 
@@ -79,10 +85,25 @@ class ServeSettings:
             raise EmitError("--retrieval-model only makes sense with --index")
         if not 0 < self.port < 65536:
             raise EmitError(f"port must be in 1..65535, got {self.port}")
+        if not (math.isfinite(self.shutdown_timeout) and self.shutdown_timeout > 0):
+            raise EmitError(f"shutdown timeout must be a number of seconds > 0, got {self.shutdown_timeout}")
         if self.products_root is not None and not self.products_root.is_dir():
             raise EmitError(f"products root {self.products_root} is not a folder; give the folder that "
                             "holds the batches of product folders")
+        _check_writable(self.export_dir)
         return self
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, at start-up, an export folder that could not be created or written to later."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EmitError(f"export folder {folder}: {existing} is not a folder; give --export-dir a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EmitError(f"export folder {folder}: {existing} is not writable by this user; give "
+                        "--export-dir (EMIT_EXPORT_DIR) a folder the server can write to")
 
 
 # setting -> environment variable
@@ -114,15 +135,17 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _parse(name: str, var: str, raw: Any) -> Any:
+    if name in _PATHS:
+        # absolute, so what /info and the review page show does not depend on the server's cwd
+        return Path(raw).expanduser().absolute()
     try:
-        if name in _PATHS:
-            return Path(raw).expanduser()
         if name in _FLOATS:
             return float(raw)
         if name == "port" or name in _LIMIT_NAMES:
             return int(raw)
     except (TypeError, ValueError) as exc:
-        raise EmitError(f"{var} / --{name.replace('_', '-')}: {raw!r} is not a number") from exc
+        kind = "a number" if name in _FLOATS else "a whole number"
+        raise EmitError(f"{var} / --{name.replace('_', '-')}: {raw!r} is not {kind}") from exc
     if name == "log_level":
         level = str(raw).lower()
         if level not in _LOG_LEVELS:
