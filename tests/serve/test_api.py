@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import struct
+import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from serve_helpers import Built, png_bytes, settings_for
 from emit.data.products import read_products
 from emit.data.synthetic import make_products
 from emit.serve.app import create_app
-from emit.serve.services import Services
+from emit.serve.services import PairingService, SearchService, Services
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,30 @@ def product_files(product) -> list[tuple[str, tuple[str, bytes, str]]]:
 def test_health_says_what_is_served(client: TestClient) -> None:
     body = client.get("/health").json()
     assert body == {"status": "ok", "version": body["version"], "search": True, "pairing": True}
+
+
+def test_start_up_loads_what_first_requests_would_otherwise_load(built: Built,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import jieba
+
+    import emit.retrieval.jobs
+    import emit.serve.services
+
+    loaded: list[str] = []
+    real = emit.retrieval.jobs.model_backbone
+    monkeypatch.setattr(emit.retrieval.jobs, "model_backbone", lambda m: loaded.append("backbone") or real(m))
+    monkeypatch.setattr(jieba.dt, "initialized", False)  # as in a fresh process
+    search = SearchService(built.index, None, built.cache)
+    assert loaded == ["backbone"] and jieba.dt.initialized  # before any request
+    search.search(image=built.shapes / "red_circle.png", top_k=1)
+    search.search(text="红色", top_k=1)
+    assert loaded == ["backbone"]  # requests load nothing
+    predictions: list[int] = []
+    real_predict = emit.serve.services.predict_products
+    monkeypatch.setattr(emit.serve.services, "predict_products",
+                        lambda *a, **k: predictions.append(1) or real_predict(*a, **k))
+    PairingService(built.pairing_model, built.cache)
+    assert predictions == [1]  # the pairing model has run once, on a generated product
 
 
 def test_info_names_the_index_the_models_and_versions(client: TestClient, built: Built) -> None:
@@ -109,10 +136,12 @@ def test_cjk_font_is_served_for_chinese_tags(client: TestClient) -> None:
 
 def test_text_search_ranks_images_with_links(client: TestClient, built: Built) -> None:
     body = client.post("/search/text", json={"query": "a red circle", "top_k": 5}).json()
-    assert body["kind"] == "text" and body["target"] == "images" and body["metric"] == "l2"
+    assert body["kind"] == "text" and body["target"] == "images"
+    assert body["metric"] == client.get("/info").json()["search"]["images"]["metric"]
     hits = body["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    assert [h["score"] for h in hits] == sorted(h["score"] for h in hits)  # distances, nearest first
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=body["metric"] == "ip")  # nearest first: cosine or distance
     assert sum(h["name"].startswith("red") for h in hits[:3]) >= 2
     first = hits[0]
     assert first["image_url"] == f"/images/{client.app.state.services.search.row_of[first['id']]}"
@@ -141,6 +170,8 @@ def test_top_k_larger_than_the_index_returns_all(client: TestClient) -> None:
     ({"query": "red", "top_k": 0}, 422, "invalid_request"),
     ({"query": "red", "top_k": 101}, 422, "invalid_request"),
     ({"query": "red", "top_k": "many"}, 422, "invalid_request"),
+    ({"query": "red", "top_k": True}, 422, "invalid_request"),  # not silently 1
+    ({"query": "red", "top_k": "5"}, 422, "invalid_request"),
     ({"query": "x" * 501}, 422, "invalid_request"),
     ({"top_k": 5}, 422, "invalid_request"),
     ({"query": "red", "target": "videos"}, 422, "invalid_request"),
@@ -162,7 +193,30 @@ def test_oversized_top_k_says_the_limit(client: TestClient) -> None:
 @pytest.mark.parametrize("raw", [b'{"query": "red", ', b"not json", b'{"query": "red"}}', b"\xff\xfe"])
 def test_malformed_json_is_a_400(client: TestClient, raw: bytes) -> None:
     response = client.post("/search/text", content=raw, headers={"content-type": "application/json"})
-    error_of(response, 400, "malformed_json")
+    error = error_of(response, 400, "malformed_json")
+    assert "not valid JSON" in error["message"] and "query" not in error["message"]
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("/search/text", "text/plain"),
+    ("/search/text", "application/x-www-form-urlencoded"),  # what curl -d sends without -H
+    ("/review/load", "application/xml"),
+    ("/review/batches/nope/export", "text/plain"),
+])
+def test_a_json_endpoint_refuses_another_content_type(client: TestClient, path: str, kind: str) -> None:
+    body = b'{"query": "red", "folder": "batch1"}'
+    response = client.post(path, content=body, headers={"content-type": kind})
+    error = error_of(response, 415, "unsupported_media_type")
+    assert kind in error["message"] and "application/json" in error["message"]
+
+
+def test_an_upload_endpoint_refuses_json(client: TestClient) -> None:
+    for path in ("/pair", "/review/upload", "/search/image"):
+        error = error_of(client.post(path, json={"tags": ["红色"]}), 415, "unsupported_media_type")
+        assert "multipart/form-data" in error["message"]
+    # the right type with wrong content is still a 422 that names the fields
+    error_of(client.post("/pair", data={"tags": "红色"}, files=[("other", ("a.txt", b"x", "text/plain"))]),
+             422, "invalid_request")
 
 
 # ---- image search -------------------------------------------------------------------------
@@ -174,7 +228,8 @@ def test_image_search_finds_the_same_image_and_its_captions(client: TestClient, 
                        data={"top_k": "3"}).json()
     assert body["kind"] == "image" and body["query"] == "q.png"
     first = body["results"][0]
-    assert first["name"] == "blue_square.png" and first["score"] == pytest.approx(0, abs=1e-5)
+    same = 1.0 if body["metric"] == "ip" else 0.0  # cosine, or squared distance, of a vector to itself
+    assert first["name"] == "blue_square.png" and first["score"] == pytest.approx(same, abs=1e-5)
     texts = client.post("/search/image", files={"image": ("q.png", photo, "image/png")},
                         data={"top_k": "4", "target": "texts"}).json()
     assert any("blue" in h["id"] for h in texts["results"][:2])
@@ -200,6 +255,21 @@ def test_image_search_refuses_a_decompression_bomb(client: TestClient) -> None:
     Image.new("L", (6000, 6000)).save(buf, format="PNG")  # 36 megapixels in ~40 kB
     error_of(client.post("/search/image", files={"image": ("big.png", buf.getvalue(), "image/png")}),
              413, "image_too_large")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none: PIL refuses it on opening."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_pils_own_cap_is_too_large_not_bad(client: TestClient) -> None:
+    bomb = png_header_only(20_000, 20_000)  # 400 megapixels: over PIL's cap, which raises on open
+    error = error_of(client.post("/search/image", files={"image": ("bomb.png", bomb, "image/png")}),
+                     413, "image_too_large")
+    assert "25 megapixels" in error["message"] and "MAX_IMAGE_PIXELS" not in error["message"]
 
 
 def test_image_search_needs_a_file_and_sane_top_k(client: TestClient) -> None:
@@ -418,6 +488,29 @@ def test_review_upload_then_export(client: TestClient, truth_product) -> None:
     result = client.post(f"/review/batches/{batch['batch_id']}/export", json={}).json()
     assert Path(result["path"]).parent.name.startswith(f"upload-{p.product_id}-")
     assert list(result["final_json"]) == [p.product_id]
+
+
+def test_review_serves_an_upload_only_as_an_image_or_as_bytes(client: TestClient) -> None:
+    # a valid image named like a page must not come back as a page of this site
+    files = [upload("x.html", png_bytes(), "text/html"), upload("y.png", png_bytes((0, 0, 200)))]
+    batch = client.post("/review/upload", files=files, data={"tags": ["红色", "蓝色"]}).json()
+    page, image = (client.get(i["image_url"]) for i in batch["products"][0]["images"])
+    assert page.status_code == 200 and page.content == png_bytes()
+    assert page.headers["content-type"] == "application/octet-stream"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert image.headers["content-type"] == "image/png"
+
+
+def test_review_export_that_cannot_be_written_says_why(built: Built, tmp_path: Path,
+                                                        services: Services) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    app = create_app(replace(settings_for(built, tmp_path), export_dir=blocker / "exports"), services)
+    with TestClient(app) as c:
+        batch = load(c, "batch2")
+        error = error_of(c.post(f"/review/batches/{batch['batch_id']}/export", json={}), 500, "export_failed")
+        assert str(blocker / "exports") in error["message"]
+        error_of(c.get(f"/review/batches/{batch['batch_id']}/final_json.json"), 404, "not_exported")
 
 
 def test_review_unknown_batches_images_and_exports(client: TestClient) -> None:

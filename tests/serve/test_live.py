@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,6 +67,18 @@ def test_concurrent_searches_and_pairings_agree_with_sequential_ones(live_server
         assert all(p == paired for p in pairs)
 
 
+def refused(url: str, timeout: float = 30) -> bool:
+    """Wait until the server no longer accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/health", timeout=1)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_sigterm_finishes_requests_in_flight_and_exports_stay_whole(built: Built, tmp_path: Path) -> None:
     server = start_server(built, tmp_path)
     try:
@@ -76,6 +89,27 @@ def test_sigterm_finishes_requests_in_flight_and_exports_stay_whole(built: Built
         url = f"{server.url}/review/batches/{batch['batch_id']}/export"
         outcomes: list[str] = []
         stop = threading.Event()
+
+        # a pairing whose upload is only half sent when SIGTERM comes: it must still be answered
+        (first, *_), _ = read_products(built.products_root / "batch1")
+        files = [("images", (n, first.image_path(n).read_bytes(), "image/jpeg")) for n in first.images]
+        upload = httpx.Request("POST", server.url + "/pair", files=files, data={"tags": first.optional_tags})
+        body = upload.read()
+        release = threading.Event()
+        slow: dict[str, object] = {}
+
+        def half_then_rest() -> Iterator[bytes]:
+            yield body[: len(body) // 2]
+            release.wait(60)
+            yield body[len(body) // 2:]
+
+        def slow_pair() -> None:
+            try:
+                response = httpx.post(server.url + "/pair", content=half_then_rest(), timeout=60,
+                                      headers={"content-type": upload.headers["content-type"]})
+                slow["status"], slow["body"] = response.status_code, response.text
+            except httpx.HTTPError as exc:
+                slow["status"] = type(exc).__name__
 
         def export_forever(k: int) -> None:
             with httpx.Client(timeout=30) as client:
@@ -88,22 +122,32 @@ def test_sigterm_finishes_requests_in_flight_and_exports_stay_whole(built: Built
                         return
 
         threads = [threading.Thread(target=export_forever, args=(k,)) for k in range(4)]
+        threads.append(threading.Thread(target=slow_pair))
         for t in threads:
             t.start()
         time.sleep(1.5)
+        server.process.send_signal(signal.SIGTERM)
+        stopped_taking = refused(server.url)  # new connections are refused ...
+        release.set()  # ... while the half-sent upload goes on
         code = server.stop()
         stop.set()
         for t in threads:
             t.join(30)
     finally:
+        release.set()
         server.stop()
+    assert stopped_taking
+    assert slow["status"] == 200, slow  # the request in flight was finished, not cut off
+    paired = json.loads(str(slow["body"]))
+    assert paired["tags"] == first.optional_tags and len(paired["images"]) == len(first.images)
     # uvicorn finishes the requests in flight, runs the app's shutdown, then re-raises the
     # signal, so the process ends "killed by SIGTERM" as service managers expect
     assert code in (0, -signal.SIGTERM), server.log.read_text()[-2000:]
     assert outcomes.count("200") >= 4
     assert "500" not in outcomes
     messages = [line.get("msg", "") for line in server.log_lines()]
-    assert "Shutting down" in messages and "shut down: requests in flight have finished" in messages
+    assert "Shutting down" in messages and "shut down; temporary uploads removed" in messages
+    assert not any("Cancel" in m for m in messages)  # nothing was cut off by the shutdown timeout
     final = server.export_dir / "batch1" / "final_json.json"
     written = json.loads(final.read_text(encoding="utf-8"))  # whole, not half-written
     first = written[product["product_id"]]["imgs_tags"]

@@ -66,7 +66,9 @@ def create_app(settings: ServeSettings, services: Services | None = None) -> Fas
         try:
             yield
         finally:
-            log.info("shut down: requests in flight have finished")
+            # uvicorn has let requests in flight finish (or, past the shutdown timeout, cancelled
+            # them and logged so)
+            log.info("shut down; temporary uploads removed")
             shutil.rmtree(workdir, ignore_errors=True)
 
     limits = settings.limits

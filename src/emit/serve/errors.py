@@ -11,10 +11,11 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -71,6 +72,30 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _expected_body(request: Request) -> str | None:
+    """'json' or 'form': what the matched operation reads from the body; None if it reads none."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.dependant.body_params:
+        return None
+    forms = any(isinstance(f.field_info, params.Form) for f in route.dependant.body_params)  # File too
+    return "form" if forms else "json"
+
+
+def _wrong_content_type(request: Request) -> str | None:
+    """A message if the request's Content-Type is not what the operation reads, else None."""
+    expected = _expected_body(request)
+    given = request.headers.get("content-type")
+    media = (given or "").split(";")[0].strip().lower()
+    is_json = media == "application/json" or media.endswith("+json")
+    if expected == "json" and given is not None and not is_json:
+        return (f"this endpoint reads a JSON body, but the request's Content-Type is {given!r}; "
+                "send JSON with 'Content-Type: application/json'")
+    if expected == "form" and media not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return (f"this endpoint reads a multipart/form-data upload, but the request's Content-Type is "
+                f"{given or 'missing'!r}; send the files as a form (curl -F images=@photo.jpg ...)")
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -80,8 +105,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = _validation_details(exc)
         if any(d["type"] == "json_invalid" for d in details):
-            message = 'the request body is not valid JSON; send an object such as {"query": "red dress"}'
+            where = next((d["loc"][1] for d in details
+                          if d["type"] == "json_invalid" and len(d["loc"]) > 1), None)
+            at = f" (at character {where})" if where is not None else ""
+            message = f"the request body is not valid JSON{at}; check its quotes, commas and brackets"
             return error_response(400, "malformed_json", message, details, request)
+        wrong_type = _wrong_content_type(request) if any(d["loc"][:1] == ["body"] for d in details) else None
+        if wrong_type:
+            return error_response(415, "unsupported_media_type", wrong_type, details, request)
         text = "; ".join(f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in details[:5])
         return error_response(422, "invalid_request", f"the request does not fit the API: {text}",
                               details, request)

@@ -46,3 +46,6 @@ def setup_logging(level: str = "info") -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access lines replace uvicorn's
+    # FAISS reports each CPU variant it could not load ("Could not load library with AVX512
+    # support due to: ModuleNotFoundError ...") at info: not news for an operator
+    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, root.level))

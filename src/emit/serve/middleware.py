@@ -39,7 +39,10 @@ class AccessLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                # nosniff: a browser must take every response for its declared type (an uploaded
+                # image is never run as a script or a page)
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode()),
+                                      (b"x-content-type-options", b"nosniff")]
             await send(message)
 
         try:

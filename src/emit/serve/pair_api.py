@@ -18,7 +18,7 @@ from emit.serve.services import PairingService
 from emit.serve.settings import Limits
 from emit.serve.uploads import check_product_id, clean_tags, read_images, save_product, scratch
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422)}
 AssignField = Literal["exact", "argmin"]
 
 

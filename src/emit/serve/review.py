@@ -10,6 +10,8 @@ the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import logging
+import mimetypes
 import re
 import shutil
 import threading
@@ -33,7 +35,9 @@ from emit.serve.services import PairingService
 from emit.serve.settings import Limits
 from emit.serve.uploads import check_product_id, clean_tags, read_images, save_product
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 403, 404, 413, 422)}
+log = logging.getLogger("emit.serve")
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody}
+                                           for code in (400, 403, 404, 413, 415, 422)}
 MAX_LISTED_FOLDERS = 500
 EXPORT_NAME = "final_json.json"
 
@@ -299,7 +303,11 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
         path = product.image_path(product.images[index])
         if not path.is_file():
             raise ApiError(404, "no_such_image", f"image {product.images[index]!r} is gone from its folder")
-        return FileResponse(path)
+        # the type comes from the name, which an upload chooses: only ever an image type, so a
+        # file named x.html is never served to a browser as a page of this site
+        kind = mimetypes.guess_type(path.name)[0] or ""
+        media_type = kind if kind.startswith("image/") else "application/octet-stream"
+        return FileResponse(path, media_type=media_type)
 
     @router.post("/batches/{batch_id}/export", response_model=ExportResult,
                  summary="Write the batch's final_json.json with the reviewed tags")
@@ -325,7 +333,12 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
                            f"e.g. {first['tag']!r} for {first['product_id']} {first['image']}; use one of "
                            f"{first['allowed']}", unknown[:50])
         path = export_dir / batch.label / EXPORT_NAME
-        write_final_json(path, batch.products, final)
+        try:
+            write_final_json(path, batch.products, final)
+        except OSError as exc:  # the server's disk, not the request: a 500, but one that says why
+            log.error("export failed", extra={"fields": {"path": str(path), "error": str(exc)}})
+            raise ApiError(500, "export_failed", f"the server could not write {path}: "
+                           f"{exc.strerror or exc}; nothing was changed; tell the server's operator") from exc
         batch.exported = path
         changed = sum(a != b for pid, d in batch.decisions.items()
                       for a, b in zip(d.tags, final[pid], strict=True))

@@ -20,7 +20,7 @@ from emit.serve.settings import Limits
 from emit.serve.uploads import read_images, scratch
 
 Target = Literal["images", "texts"]
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422)}
 
 
 class SearchHit(BaseModel):
@@ -47,7 +47,7 @@ def search_router(service: SearchService | None, limits: Limits, workdir: Path) 
     class TextSearch(BaseModel):
         model_config = ConfigDict(extra="forbid")
         query: str = Field(min_length=1, max_length=limits.max_query_chars, examples=["red circle"])
-        top_k: int = Field(10, ge=1, le=limits.max_top_k)
+        top_k: int = Field(10, ge=1, le=limits.max_top_k, strict=True)  # true is not 1, "5" is not 5
         target: Target = Field("images", description="search the indexed images, or the indexed texts")
 
     def ready(target: str) -> SearchService:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from emit.config import to_dict
 from emit.data.images import load_image
@@ -35,6 +39,13 @@ log = logging.getLogger("emit.serve")
 
 THUMBNAIL_PX = 256
 THUMBNAIL_CACHE = 2048  # thumbnails kept in memory (~10 kB each)
+WARM_UP_TEXT = "warm-up 红色"  # Chinese too: Jieba reads its dictionary on first use (about a second)
+
+
+def _warm_up_image(folder: Path, name: str = "warm-up.png") -> Path:
+    path = folder / name
+    Image.new("RGB", (64, 64), (200, 30, 35)).save(path)
+    return path
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -55,6 +66,15 @@ class SearchService:
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self.info = self._info(index_dir, model_dir)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One text and one image query at start-up, so that whatever the library loads on first
+        use (the image backbone, Jieba's dictionary) is loaded before the first request, not in it."""
+        with tempfile.TemporaryDirectory(prefix="emit-serve-warm-") as tmp:
+            self.searcher.query_vectors(WARM_UP_TEXT)
+            # a throwaway feature cache: the warm-up image must not land in the real one
+            self.searcher.query_vectors(image=_warm_up_image(Path(tmp)), cache_dir=tmp)
 
     def _info(self, index_dir: Path, model_dir: Path | None) -> dict[str, Any]:
         model = self.searcher.model
@@ -124,6 +144,18 @@ class PairingService:
                      "backbone": self.model.backbone_identity, "labels": len(self.model.vocab.labels),
                      "members": len(self.model.members), "assign": self.assignment(),
                      "versions": meta.get("versions")}
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Tag one generated product at start-up: a model that cannot run stops start-up instead of
+        failing the first request, and the first request pays no first-call costs."""
+        with tempfile.TemporaryDirectory(prefix="emit-serve-warm-") as tmp:
+            folder = Path(tmp) / "warm-up"
+            folder.mkdir()
+            image = _warm_up_image(folder)
+            product = Product("warm-up", ["红色", "黑色"], [image.name], [None], folder, source="warm-up")
+            predict_products(self.model, self.backbone, [product], cache_dir=None,
+                             problems=ProblemLog(echo=False), progress=False)
 
     def assignment(self, assign: AssignMode | None = None) -> str:
         return assignment_used(self.model, assign)
@@ -147,12 +179,16 @@ def load_services(index: Path | None, retrieval_model: Path | None, pairing_mode
     """Load everything the settings name; a missing or mismatched model stops start-up here."""
     services = Services()
     if index is not None:
+        start = time.perf_counter()
         services.search = SearchService(index, retrieval_model, cache_dir)
         log.info("search index loaded", extra={"fields": {
-            "index": str(index), "images": len(services.search.ids), "targets": services.search.targets}})
+            "index": str(index), "images": len(services.search.ids), "targets": services.search.targets,
+            "seconds": round(time.perf_counter() - start, 3)}})
     if pairing_model is not None:
+        start = time.perf_counter()
         services.pairing = PairingService(pairing_model, cache_dir)
         log.info("pairing model loaded", extra={"fields": {
-            "model": str(pairing_model), "members": len(services.pairing.model.members)}})
+            "model": str(pairing_model), "members": len(services.pairing.model.members),
+            "seconds": round(time.perf_counter() - start, 3)}})
     return services
 

@@ -54,14 +54,17 @@ def read_images(files: Sequence[UploadFile], limits: Limits) -> list[Upload]:
 
 def check_image(name: str, data: bytes, limits: Limits) -> None:
     """Refuse bytes that are not a decodable image of a sane size."""
+    too_large = (f"this server decodes at most {limits.max_image_pixels / 1e6:.0f} megapixels; "
+                 "send a smaller image")
     try:
         with Image.open(io.BytesIO(data)) as header:
             pixels = header.size[0] * header.size[1]
+    except Image.DecompressionBombError as exc:  # PIL's own cap, far above ours; say it the same way
+        raise ApiError(413, "image_too_large", f"{name}: too many pixels; {too_large}") from exc
     except Exception:  # load_image below says what is wrong
         pixels = 0
     if pixels > limits.max_image_pixels:
-        raise ApiError(413, "image_too_large", f"{name}: {pixels / 1e6:.0f} megapixels; this server "
-                       f"decodes at most {limits.max_image_pixels / 1e6:.0f}; send a smaller image")
+        raise ApiError(413, "image_too_large", f"{name}: {pixels / 1e6:.0f} megapixels; {too_large}")
     try:
         load_image(name, data)
     except ImageError as exc:
