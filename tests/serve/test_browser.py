@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from serve_helpers import LiveServer
 
@@ -76,20 +77,26 @@ def test_search_page_shows_a_grid_of_thumbnails_with_scores(browser, live_server
                                                             tmp_path: Path) -> None:
     browser.get(live_server.url + "/")
     query = browser.find_element(By.ID, "query")
+    query.send_keys("   ")  # the server refuses it; the page says why
+    browser.find_element(By.ID, "search-button").click()
+    wait = WebDriverWait(browser, WAIT)
+    wait.until(lambda d: "query is empty" in d.find_element(By.ID, "status").text)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+    query.clear()
     query.send_keys("a red circle")
     top = browser.find_element(By.ID, "top-k")
     top.clear()
     top.send_keys("8")
     browser.find_element(By.ID, "search-button").click()
-    wait = WebDriverWait(browser, WAIT)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 8)
     cards = browser.find_elements(By.CSS_SELECTOR, "#results .result")
     names = [c.get_attribute("data-name") for c in cards]
     assert sum(n.startswith("red") for n in names[:3]) >= 2
     scores = [c.find_element(By.CSS_SELECTOR, ".score").text for c in cards]
-    assert all(s.startswith("distance ") for s in scores)
+    cosine = httpx.get(live_server.url + "/info").json()["search"]["images"]["metric"] == "ip"
+    assert all(s.startswith("cosine " if cosine else "distance ") for s in scores)
     values = [float(s.split()[1]) for s in scores]
-    assert values == sorted(values)
+    assert values == sorted(values, reverse=cosine)  # nearest first
     assert "8 images nearest to" in browser.find_element(By.ID, "status").text
     shot = screenshot(browser, "serve_search.png", tmp_path)
     assert shot.stat().st_size > 10_000
@@ -129,5 +136,20 @@ def test_review_page_changes_one_tag_and_exports(browser, live_server: LiveServe
     for (product_id, k), proposed in proposals.items():
         ((name, tag),) = written[product_id]["imgs_tags"][k].items()
         assert tag == (new_tag if (product_id, k) == (pid, index) else proposed), name
+    # the page's download link gives the same file
+    link = browser.find_element(By.ID, "download-link")
+    assert link.is_displayed()
+    fetch = "fetch(arguments[0]).then(r => r.json()).then(arguments[arguments.length - 1])"
+    downloaded = browser.execute_async_script(fetch, link.get_attribute("href"))
+    assert downloaded == written
+    assert "exported" in browser.find_element(By.ID, "batch-summary").text
     shot = screenshot(browser, "serve_pairing.png", tmp_path)
     assert shot.stat().st_size > 10_000
+    # a change after the export is flagged until it is exported again
+    card = browser.find_element(By.CSS_SELECTOR, selector)
+    card.find_element(By.CSS_SELECTOR, f'.chip[data-tag="{proposals[(pid, index)]}"]').click()
+    assert "changed since the last export" in browser.find_element(By.ID, "batch-summary").text
+    browser.find_element(By.ID, "export-button").click()
+    wait.until(lambda d: d.find_element(By.ID, "batch-summary").text.endswith("exported"))
+    back = json.loads(path.read_text(encoding="utf-8"))
+    assert next(iter(back[pid]["imgs_tags"][index].values())) == proposals[(pid, index)]

@@ -5,6 +5,7 @@
 const DOUBTFUL = 0.5;  // proposals less sure than this are highlighted
 let batch = null;       // the batch as the server proposed it
 let chosen = {};        // product id -> the tag chosen for each image
+let saved = null;       // JSON of the tags last exported (null: never exported)
 
 function percent(confidence) {
   return confidence === null ? "unreadable" : `${Math.round(confidence * 100)}%`;
@@ -50,10 +51,23 @@ function changedCount() {
   return n;
 }
 
+function unsaved() {
+  // changes a person made that no export holds yet
+  return batch !== null && JSON.stringify(chosen) !== (saved === null ? JSON.stringify(proposed()) : saved);
+}
+
+function proposed() {
+  const tags = {};
+  for (const product of batch.products) tags[product.product_id] = product.images.map((image) => image.tag);
+  return tags;
+}
+
 function renderSummary() {
   const images = batch.products.reduce((n, p) => n + p.images.length, 0);
+  let state = "";
+  if (saved !== null) state = unsaved() ? " · changed since the last export: export again" : " · exported";
   document.getElementById("batch-summary").textContent =
-    `${batch.products.length} products · ${images} images · ${changedCount()} changed · assignment: ${batch.assign}`;
+    `${batch.products.length} products · ${images} images · ${changedCount()} changed · assignment: ${batch.assign}${state}`;
 }
 
 function renderBatch() {
@@ -77,10 +91,14 @@ function choose(product, image, option) {
   renderSummary();
 }
 
+function mayReplaceBatch() {
+  return !unsaved() || window.confirm("The tags you changed in this batch are not exported yet. Load another batch anyway?");
+}
+
 function start(view) {
   batch = view;
-  chosen = {};
-  for (const product of batch.products) chosen[product.product_id] = product.images.map((image) => image.tag);
+  chosen = proposed();
+  saved = null;
   renderBatch();
   setStatus(`Loaded ${batch.label}. Click a tag to change it, then export.`, "ok");
 }
@@ -101,12 +119,14 @@ async function act(message, request) {
 document.getElementById("folder-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const folder = document.getElementById("folder").value;
+  if (!mayReplaceBatch()) return;
   const view = await act(`Loading ${folder} and proposing tags…`, () => postJson("/review/load", {folder}));
   if (view) start(view);
 });
 
 document.getElementById("upload-form").addEventListener("submit", async (event) => {
   event.preventDefault();
+  if (!mayReplaceBatch()) return;
   const form = new FormData();
   for (const file of document.getElementById("upload-images").files) form.append("images", file);
   for (const line of document.getElementById("upload-tags").value.split("\n")) {
@@ -119,10 +139,11 @@ document.getElementById("upload-form").addEventListener("submit", async (event) 
 
 document.getElementById("export-button").addEventListener("click", async () => {
   if (!batch) return;
-  const tags = {};
-  for (const product of batch.products) tags[product.product_id] = chosen[product.product_id];
+  const tags = JSON.parse(JSON.stringify(chosen));
   const result = await act("Exporting…", () => postJson(`/review/batches/${batch.batch_id}/export`, {tags}));
   if (!result) return;
+  saved = JSON.stringify(tags);
+  renderSummary();
   const box = document.getElementById("export-result");
   box.hidden = false;
   box.replaceChildren(`Saved final_json.json for ${result.products} products (${result.images} images, `
@@ -144,6 +165,10 @@ async function listFolders() {
     if (found.root === null) document.getElementById("folder-form").hidden = true;
   } catch (e) { /* the upload form still works */ }
 }
+
+window.addEventListener("beforeunload", (event) => {
+  if (unsaved()) event.preventDefault();  // the browser asks before the changes are lost
+});
 
 showService().then((health) => {
   if (health && !health.pairing) setStatus("This server has no pairing model: start emit serve with --pairing-model MODEL.", "error");

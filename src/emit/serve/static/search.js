@@ -63,3 +63,12 @@ document.getElementById("image-form").addEventListener("submit", (event) => {
 showService().then((health) => {
   if (health && !health.search) setStatus("This server has no search index: start emit serve with --index IDX.", "error");
 });
+
+// the server's limits (--max-top-k, the longest query), so the form refuses what the server would
+api("/info").then((info) => {
+  const topK = document.getElementById("top-k");
+  topK.max = info.limits.max_top_k;
+  if (Number(topK.value) > info.limits.max_top_k) topK.value = info.limits.max_top_k;
+  document.getElementById("query").maxLength = info.limits.max_query_chars;
+  if (info.search && !info.search.texts) document.querySelector('#target option[value="texts"]').disabled = true;
+}).catch(() => { /* the form's defaults stay */ });
