@@ -65,7 +65,8 @@ def serve(index: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return process, url
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     process.kill()
     raise SystemExit("emit serve did not start within 120 s")
 
@@ -91,11 +92,15 @@ def main() -> int:
             index, images = build_index(workdir, args.variants)
             process, url = serve(index, workdir)
             try:
-                run_load(url, 50, 4, top_k=args.top_k)  # warm-up: first calls load lazily
+                run_load(url, 50, 4, top_k=args.top_k)  # warm-up: connections, allocator, caches
                 result = run_load(url, args.requests, args.clients, top_k=args.top_k)
             finally:
                 process.send_signal(signal.SIGTERM)
-                process.wait(60)
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             path = write_results(result, args.out, command=command.strip(), index_images=images,
                                  server="emit serve (one uvicorn worker, --threads 1) on 127.0.0.1",
                                  cpu_load_1min=round(os.getloadavg()[0], 2))

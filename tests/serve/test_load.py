@@ -1,5 +1,8 @@
 """A bounded load test on loopback: 2,000 text searches from 16 concurrent clients against the real
-server. Zero errors is asserted; the latencies are written to benchmarks/results, never asserted."""
+server. Zero errors is asserted; the latencies are written to benchmarks/results, never asserted.
+
+The figures go to their own file: benchmarks/results/serve_load.json holds those of
+``python benchmarks/serve_load.py``, which a test run must not overwrite."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from serve_helpers import LiveServer
 
 from emit.serve.loadtest import run_load, write_results
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "serve_load.json"
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "serve_load_test.json"
 REQUESTS, CLIENTS = 2000, 16
 
 
