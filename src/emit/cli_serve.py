@@ -11,7 +11,8 @@ import importlib.util
 
 from emit.problems import EmitError
 
-SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart"}
+SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart",
+                 "fastapi_offline": "fastapi-offline"}  # /docs without a CDN
 
 # flag -> help; every value is parsed (and checked) by ServeSettings.from_env
 _FLAGS: dict[str, str] = {

@@ -126,6 +126,16 @@ def test_pages_are_served_with_local_assets_only(client: TestClient, path: str, 
         assert "http://" not in text and "https://" not in text  # nothing from another host
 
 
+def test_without_fastapi_offline_there_is_no_docs_page_rather_than_a_cdn_one(
+        built: Built, tmp_path: Path, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # as if not installed
+    with TestClient(create_app(settings_for(built, tmp_path), services)) as c:
+        error_of(c.get("/docs"), 404, "not_found")
+        assert "/search/text" in c.get("/openapi.json").json()["paths"]
+
+
 def test_cjk_font_is_served_for_chinese_tags(client: TestClient) -> None:
     font = client.get("/fonts/cjk.otf")
     assert font.status_code == 200 and font.content[:4] == b"OTTO"  # an OpenType/CFF font

@@ -43,12 +43,13 @@ Every error is JSON: `{"error": code, "message": text}`."""
 
 
 def _fastapi(**kwargs: Any) -> FastAPI:
-    """FastAPI whose /docs page loads Swagger UI from the app itself, not from a CDN, if it can."""
+    """FastAPI whose /docs page loads Swagger UI from the app itself; never from a CDN."""
     try:
         from fastapi_offline import FastAPIOffline
     except ImportError:
-        log.warning("fastapi-offline is not installed: /docs loads Swagger UI from a CDN")
-        return FastAPI(**kwargs)
+        log.warning("fastapi-offline is not installed, so there is no /docs page (plain FastAPI would "
+                    "load it from a CDN); the schema is at /openapi.json; pip install 'emit[serve]'")
+        return FastAPI(**kwargs, docs_url=None)
     return FastAPIOffline(**kwargs)
 
 
