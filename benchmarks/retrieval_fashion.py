@@ -34,8 +34,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "default (multitask)": {},
     "titles only": {"tasks": "titles"},
     "queries only": {"tasks": "clicks"},
-    "paper: multitask PATR, raw features": {"loss": "patr", "mining": "any", "normalise_images": False,
-                                            "image_projection": False, "extra_stopwords": "men,women"},
+    "paper: multitask PATR on raw features": {"loss": "patr", "mining": "any", "normalise_images": False,
+                                              "image_projection": False, "extra_stopwords": "men,women"},
 }
 
 

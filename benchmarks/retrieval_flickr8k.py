@@ -6,8 +6,8 @@ Data: ../shared/data/flickr8k (the 6,000 training images of Flickr8k, 5 captions
 --val-fraction), so the 1,000 reported images never pick an epoch. Every row is evaluated on
 those 1,000 images x 5,000 captions: R@1/5/10 in both directions and the median rank.
 
-Image side: frozen EfficientNet-Lite0 pooled features, L2-normalised. Rows differ only where
-named (see ROWS); BASE holds the rest.
+Image side: frozen EfficientNet-Lite0 pooled features (Lite2 where the row says so),
+L2-normalised. Rows differ only where named (see ROWS); BASE holds the rest.
 
 The "ridge" row is the linear reference the issue names: ridge regression from frozen MiniLM
 sentence embeddings to the (normalised) Lite0 features, no deep training, compared by cosine;
@@ -45,22 +45,28 @@ ROWS: dict[str, dict[str, Any]] = {
     "patr": {**BASE, "loss": "patr", "mining": "any"},
     "patr mining=all": {**BASE, "loss": "patr", "mining": "all"},
     "patr mining=none": {**BASE, "loss": "patr", "mining": "none"},
+    "triplet mining=all": {**BASE, "loss": "triplet", "mining": "all"},
+    "triplet mining=none": {**BASE, "loss": "triplet", "mining": "none"},
     "infonce+projection": {**BASE, "loss": "infonce", "image_projection": True},
+    "infonce+projection 5 layers": {**BASE, "loss": "infonce", "image_projection": True, "num_layers": 5},
     "minilm patr": {**BASE, "encoder": "minilm", "loss": "patr", "mining": "any"},
     "minilm infonce+projection": {**BASE, "encoder": "minilm", "loss": "infonce", "image_projection": True,
                                   "epochs": 8},
+    "minilm infonce+projection lite2": {**BASE, "encoder": "minilm", "loss": "infonce",
+                                         "image_projection": True, "epochs": 8,
+                                         "backbone": "efficientnet-lite2"},
     "ridge reference": {"model": "ridge: MiniLM -> normalised Lite0, cosine"},
 }
 
 
-def load(cache_dir: Path) -> Bench:
+def load(cache_dir: Path, backbone: str = "efficientnet-lite0") -> Bench:
     from emit.data.captions import image_indices, read_flickr8k
     from emit.vision.backbones import create_backbone
     from emit.vision.features import extract_features
 
     caps, _ = read_flickr8k(DATA / "Flickr8k.token.txt", DATA / "Flickr_8k.trainImages.txt")
     paths, caption_image = image_indices(caps)
-    feats, ok = extract_features(paths, create_backbone("efficientnet-lite0"), cache_dir=cache_dir,
+    feats, ok = extract_features(paths, create_backbone(backbone), cache_dir=cache_dir,
                                  progress=False)
     if not ok.all():
         raise SystemExit(f"{int((~ok).sum())} images unreadable")
@@ -142,14 +148,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     json_path = args.out.with_suffix(".json")
     results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    bench = load(args.cache_dir)
+    benches = {"efficientnet-lite0": load(args.cache_dir)}
+    bench = benches["efficientnet-lite0"]
     print(f"{len(bench.keys)} images, {len(bench.tasks['titles'].texts)} captions, "
           f"{int(bench.is_test.sum())} test images", flush=True)
 
     def run_one(name: str, settings: dict[str, Any]) -> dict[str, Any]:
         if name.startswith("ridge"):
             return run_ridge(bench, settings)
-        return train_and_evaluate(name.replace(" ", "_"), settings, bench, args.work)
+        backbone = settings.get("backbone", "efficientnet-lite0")
+        if backbone not in benches:
+            benches[backbone] = load(args.cache_dir, backbone)
+        folder = name.replace(" ", "_").replace(",", "")
+        return train_and_evaluate(folder, settings, benches[backbone], args.work)
 
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     ordered = run_rows(ROWS, wanted, results, json_path, run_one)
