@@ -21,6 +21,8 @@ log = logging.getLogger("emit")
 def _setup(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(message)s", stream=sys.stderr)
+    # FAISS reports at INFO which CPU build it tried to load: noise on every search
+    logging.getLogger("faiss.loader").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     import torch
 
     # Two cores here: one torch thread per core, and never more than the machine has.
