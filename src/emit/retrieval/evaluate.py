@@ -4,6 +4,11 @@
 * image -> text: each image ranks all captions; it is a hit at K if ANY of its captions is in
   its top K, and its rank is that of its best-ranked caption.
 
+When the caption texts are given (:func:`evaluate_model` and :func:`evaluate_captions` always
+give them), identical texts (case and spacing folded, :func:`text_groups`) are one query: text
+-> image ranks each distinct text once, with every image of any of its copies relevant, and
+image -> text counts every copy of the image's texts as relevant.
+
 R@K (K = 1, 5, 10, 20, in percent) and the median rank come from :mod:`emit.metrics`.
 
 mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
@@ -12,10 +17,12 @@ mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
   relevant to a query of the same category, and mAP@R uses a fixed R (50): AP@R =
   (1/R) sum_{i<=R} P@i rel_i (Musgrave et al. 2020). An image's category is the most common one
   among its captions. Queries without a category, or whose category no item has, are left out
-  of these two numbers (the report counts them);
-* otherwise relevance is the same image, and R is each query's own number of relevant items
-  (1 for text -> image, the image's caption count for image -> text), since a fixed R = 50 with
-  one relevant item would cap AP@R at 1/50.
+  of these two numbers (the report counts them). Each distinct text is one query (text ->
+  image) and one item (image -> text), with the category of its first copy;
+* otherwise relevance is as for R@K (the same image, or any image of a copy of the text), and
+  R is each query's own number of relevant items (1 for a caption of one image; for image ->
+  text, its captions and their copies), since a fixed R = 50 with one relevant item would cap
+  AP@R at 1/50.
 
 Scores are the model's: ``-||t - v||^2`` for the paper's squared distance (``metric='l2'``),
 the inner product of unit vectors for ``'ip'``. :func:`write_evaluation` writes one JSON report

@@ -10,6 +10,10 @@ negatives if they really do not match the text, so some are excluded:
   that likely describes the same thing); partial overlaps stay, so negatives are harder;
 * ``mode='none'``: only the image-id rule.
 
+With image ids, the candidates are images, not pairs: an image whose texts fill several
+columns of the batch is a candidate once (at its first column), and it is barred when the
+word rule bars any of its texts, so the N negatives are N distinct images.
+
 Content words are tokens minus stopwords, compared case-folded; tokens with no letter or digit
 (punctuation) are dropped. Texts arrive as token lists, so Chinese titles must be segmented
 first (e.g. with Jieba). Everything is vectorised over pairs: word overlaps come from one
