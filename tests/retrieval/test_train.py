@@ -216,7 +216,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
     assert (run / CHECKPOINT).is_file() and not (run / MODEL_FILE).exists()
     with pytest.raises(EmitError, match="resume"):
         RetrievalModel.load(run)
-    with pytest.raises(EmitError, match=r"other settings \(lr\)"):
+    with pytest.raises(EmitError, match=r"other settings \(lr: checkpoint 0.01, now 0.5\)"):
         train_retrieval(feats, titles, clicks, config(epochs=4, num_layers=2, dropout=0.25, lr=0.5),
                         vectors=vectors, out=run, progress=False)
 

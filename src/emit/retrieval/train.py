@@ -657,8 +657,10 @@ def _resume(path: Path, config: RetrievalConfig, encoder: TextEncoder, projectio
                         "delete it")
     if state.get("config") != _comparable(config):
         saved, now = state.get("config") or {}, _comparable(config)
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise EmitError(f"{path}: the checkpoint was made with other settings ({', '.join(diff)}); "
+        # name the checkpoint's values: the defaults may have changed since it was made
+        diff = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
+                         for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+        raise EmitError(f"{path}: the checkpoint was made with other settings ({diff}); "
                         "rerun with the same settings to resume, or delete it to start again")
     if state.get("data_sha256") != fingerprint:
         raise EmitError(f"{path}: the checkpoint was made on other data (texts, images or features "
