@@ -3,9 +3,9 @@
 The defaults follow Aggarwal et al. 2019 (frozen CNN features as the target space, an LSTM over
 word vectors, multitask over titles and click queries, batch size 512, Adam with beta1 = 0.99)
 except where our measurements on Flickr8k and the fashion data (docs/retrieval.md) found
-something clearly better; those are marked "measured". The paper's own setting is one flag
-away: ``--loss patr --mining any --num-layers 5 --hidden 512 --no-normalise-images
---no-image-projection``.
+something clearly better; those are marked "measured". The paper's own setting is a few flags
+away: ``--loss patr --mining any --num-layers 5 --no-normalise-images --no-image-projection``
+(``--hidden 512``, emit's earlier width, is our choice: the paper gives no width).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class RetrievalConfig:
     hidden: int = 256  # LSTM width (our choice; the paper gives only the depth)
     # The paper stacks 5 layers; one trains faster and better on our data (measured).
     num_layers: int = 1
-    dropout: float = 0.25
+    dropout: float = 0.25  # between LSTM layers (the paper), so none with the default 1 layer
     min_count: int = 2  # words without a vector are kept if seen this often
     max_tokens: int = 48
     # objective
