@@ -72,10 +72,11 @@ def slow_vse(t, v, ids, margin, similarity):
     return out
 
 
-def slow_infonce(t, v, ids, tau):
+def slow_infonce(t, v, ids, tau, text_ids=None):
+    text_ids = list(range(len(t))) if text_ids is None else text_ids
     out = []
     for i in range(len(t)):
-        keep = [j for j in range(len(t)) if j == i or ids[j] != ids[i]]
+        keep = [j for j in range(len(t)) if j == i or (ids[j] != ids[i] and text_ids[j] != text_ids[i])]
         row = [cos(t[i], v[j]) / tau for j in keep]
         col = [cos(t[j], v[i]) / tau for j in keep]
         own = cos(t[i], v[i]) / tau
@@ -202,14 +203,17 @@ def test_vse_matches_reference(batch, margin, similarity, reduction, use_ids):
 
 
 @settings(max_examples=80, deadline=None)
-@given(pair_batches(), st.floats(0.05, 2), reductions, st.booleans())
-def test_infonce_matches_reference(batch, tau, reduction, use_ids):
+@given(pair_batches(), st.floats(0.05, 2), reductions, st.booleans(), st.data())
+def test_infonce_matches_reference(batch, tau, reduction, use_ids, data):
     t, v, ids = batch
     if not use_ids:
         ids = np.arange(len(t))
+    text_ids = data.draw(st.none() | arrays(np.int64, (len(t),), elements=st.integers(0, 2)))
     got = infonce_loss(torch.from_numpy(t), torch.from_numpy(v), torch.from_numpy(ids) if use_ids else None,
-                       temperature=tau, reduction=reduction)
-    want = slow_infonce(t.tolist(), v.tolist(), ids.tolist(), tau)
+                       temperature=tau, reduction=reduction,
+                       text_ids=None if text_ids is None else torch.from_numpy(text_ids))
+    want = slow_infonce(t.tolist(), v.tolist(), ids.tolist(), tau,
+                        None if text_ids is None else text_ids.tolist())
     check(got, reduce(want, reduction), reduction, tol=1e-7)
 
 

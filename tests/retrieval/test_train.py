@@ -9,7 +9,7 @@ import torch
 
 from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
-from emit.retrieval.losses import l2_loss
+from emit.retrieval.losses import infonce_loss, l2_loss
 from emit.retrieval.train import (
     CHECKPOINT,
     CURVES,
@@ -282,3 +282,17 @@ def test_the_default_objective_learns_both_tasks() -> None:
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     scores = validate(model, feats, {"titles": titles, "clicks": clicks})
     assert scores["titles"]["R@1"] > 60 and scores["clicks"]["R@1"] > 60  # chance: 12.5
+
+
+def test_infonce_task_loss_does_not_push_apart_images_of_one_query() -> None:
+    # pairs 0 and 1: the same query for two images; pair 2 another query
+    g = torch.Generator().manual_seed(0)
+    text, image = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    rows = torch.tensor([0, 1, 2])
+    tokens = [["men", "black", "shirt"], ["men", "black", "shirt"], ["red", "dress"]]
+    cfg = config(loss="infonce")
+    got = task_loss(text, image, rows, tokens, torch.ones(3), cfg, margin=1.0)
+    masked = infonce_loss(text, image, rows, cfg.temperature, text_ids=torch.tensor([0, 0, 1]))
+    unmasked = infonce_loss(text, image, rows, cfg.temperature)
+    torch.testing.assert_close(got, masked)
+    assert not torch.isclose(got, unmasked)

@@ -315,8 +315,10 @@ def task_loss(text: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, token
         per = fn(text, image, reduction="none")
     elif name == "vse":
         per = fn(text, image, rows, margin, similarity="neg_sq_dist", reduction="none")
-    else:  # infonce
-        per = fn(text, image, rows, config.temperature, reduction="none")
+    else:  # infonce; identical texts of other images are not negatives either
+        same_text: dict[tuple[str, ...], int] = {}
+        text_ids = torch.tensor([same_text.setdefault(tuple(t), len(same_text)) for t in tokens])
+        per = fn(text, image, rows, config.temperature, text_ids=text_ids, reduction="none")
     return (per * weights).sum() / weights.sum()
 
 

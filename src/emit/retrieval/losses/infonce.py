@@ -3,7 +3,8 @@
 Logits are cosine similarities divided by ``temperature``. Text i is classified against the
 batch's images with its own image as the target, and image i against the texts likewise; the
 two cross-entropies are averaged. Other pairs with the same image id (several captions of one
-picture) are masked out of the softmax: they are neither the target nor a negative.
+picture), and optionally with the same text id, are masked out of the softmax: they are
+neither the target nor a negative.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ def infonce_loss(
     image_ids: IdsLike | None = None,
     temperature: float | torch.Tensor = 0.07,
     *,
+    text_ids: IdsLike | None = None,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """InfoNCE loss for (B, D) texts and the (B, D) images of the same B pairs.
 
     ``temperature`` may be a learnable scalar tensor (CLIP learns its log). Per pair:
-    ``(CE_text->image + CE_image->text) / 2``.
+    ``(CE_text->image + CE_image->text) / 2``. ``text_ids`` (B,) groups pairs with the same
+    text: like pairs of one image, they are masked rather than used as negatives (a click
+    query such as "men black shirt" is right for many images).
     """
     if text.ndim != 2 or text.shape != image.shape:
         raise ValueError(f"expected (B, D) text and image, got {tuple(text.shape)}, {tuple(image.shape)}")
@@ -34,7 +38,10 @@ def infonce_loss(
     logits = cosine_similarity_matrix(text, image) / temperature
     n = logits.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-    others = positive_mask(n, image_ids, logits.device) & ~eye  # same image, not the target
+    others = positive_mask(n, image_ids, logits.device)  # same image ...
+    if text_ids is not None:
+        others = others | positive_mask(n, text_ids, logits.device)  # ... or same text
+    others = others & ~eye  # not the target
     logits = logits.masked_fill(others, float("-inf"))  # the diagonal stays finite
     t2i = -F.log_softmax(logits, dim=1).diagonal()
     i2t = -F.log_softmax(logits, dim=0).diagonal()
