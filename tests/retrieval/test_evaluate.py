@@ -176,3 +176,19 @@ def test_evaluate_captions_drops_unreadable_images_and_writes_json_and_png(tmp_p
     assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temporary files
     text = format_evaluation(full)
     assert "median rank 1.5" in text and "mAP" in text
+
+
+def test_a_shared_text_takes_the_most_common_category_of_its_copies() -> None:
+    # "black sandals" describes a sandal twice and a shoe once; caption order must not matter
+    captions = [("black sandals", 0, "Sandal"), ("black sandals", 1, "Sandal"), ("black sandals", 2, "Shoes"),
+                ("red hat", 3, "Hat")]
+    images = np.array([[0, 1.0], [0, 0.9], [0.2, 1.0], [1, 0]], dtype=np.float32)
+    vec = {"black sandals": [0, 1.0], "red hat": [1, 0]}
+    reports = []
+    for order in ([0, 1, 2, 3], [2, 0, 1, 3]):  # the shoe's copy first in the second order
+        texts, of, cats = zip(*(captions[i] for i in order), strict=True)
+        vecs = np.array([vec[t] for t in texts], dtype=np.float32)
+        reports.append(evaluate_embeddings(vecs, images, list(of), texts=list(texts), categories=list(cats),
+                                           R=2))
+    assert reports[0]["map_at_r"] == reports[1]["map_at_r"]
+    assert reports[0]["map"] == reports[1]["map"]

@@ -18,7 +18,7 @@ mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
   (1/R) sum_{i<=R} P@i rel_i (Musgrave et al. 2020). An image's category is the most common one
   among its captions. Queries without a category, or whose category no item has, are left out
   of these two numbers (the report counts them). Each distinct text is one query (text ->
-  image) and one item (image -> text), with the category of its first copy;
+  image) and one item (image -> text), with the most common category of its copies;
 * otherwise relevance is as for R@K (the same image, or any image of a copy of the text), and
   R is each query's own number of relevant items (1 for a caption of one image; for image ->
   text, its captions and their copies), since a fixed R = 50 with one relevant item would cap
@@ -167,7 +167,8 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
     if has_categories:  # relevant: the same category; each distinct text is a query, and an item
         cats = list(categories)  # type: ignore[arg-type]
         img_cats = image_categories(cats, of, n_image)
-        text_cats = [cats[int(q)] for q in queries]
+        # a text shared by several captions takes their most common category, not the first one's
+        text_cats = image_categories(cats, np.searchsorted(queries, same_text), len(queries))
         labelled = {"text_to_image": (s_t2i, text_cats, img_cats),
                     "image_to_text": (s.T[:, queries], img_cats, text_cats)}
         for direction, (scores, query_labels, item_labels) in labelled.items():
