@@ -6,15 +6,19 @@ Not a test and not part of the package: the benchmarks import it as a sibling mo
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
 KEYS = ("R@1", "R@5", "R@10", "R@20", "median_rank")
 
 
@@ -45,9 +49,7 @@ def hold_out(bench: Bench, salt: str, *, n_images: int | None = None, fraction: 
         chosen = set(order[:round(fraction * len(order))])
     else:
         chosen, count = set(), 0
-        per_key: dict[str, int] = {}
-        for k in bench.keys:
-            per_key[k] = per_key.get(k, 0) + 1
+        per_key = Counter(bench.keys)
         for k in order:
             if count >= (n_images or 0):
                 break
@@ -92,8 +94,8 @@ def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: 
     config = RetrievalConfig(**settings)
     pairs = {k: Pairs(t.texts, t.rows) if k in tr else None for k, t in tr.items()}
     start = time.perf_counter()
-    model = train_retrieval(x_tr, pairs.get("titles"), pairs.get("clicks"), config, out=work / name,
-                            image_keys=keys_tr, progress=False)
+    model = train_retrieval(x_tr, pairs.get("titles"), pairs.get("clicks"), config,
+                            out=work / run_folder(name), image_keys=keys_tr, progress=False)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"settings": settings, "train_seconds": round(seconds, 1),
                               "best_epoch": model.info["best_epoch"],
@@ -107,21 +109,58 @@ def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: 
     return result
 
 
-def run_rows(rows: dict[str, dict[str, Any]], wanted: list[str], results: dict[str, Any], json_path: Path,
-             run_one: Any) -> dict[str, Any]:
-    """Run the rows not yet in ``results`` with the same settings; save after each one."""
+def run_folder(name: str) -> str:
+    """A row's run folder under --work: its name with anything but letters and digits as '_'."""
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def run_rows(rows: dict[str, dict[str, Any]], wanted: list[str], json_path: Path,
+             run_one: Callable[[str, dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Run the rows not yet in ``json_path`` with the same settings; save after each one.
+    Returns the saved results of every row in ``rows`` order."""
     from emit.files import atomic_write_json
 
+    def saved() -> dict[str, Any]:
+        return json.loads(json_path.read_text()) if json_path.is_file() else {}
+
+    results = saved()
     for name in wanted:
         if name not in rows:
             raise SystemExit(f"unknown row {name!r}; choose from {', '.join(rows)}")
         if name in results and results[name].get("settings") == rows[name]:
             continue
         print(f"-- {name}", flush=True)
-        results[name] = run_one(name, rows[name])
-        print(json.dumps(results[name]), flush=True)
+        row = run_one(name, rows[name])
+        print(json.dumps(row), flush=True)
         # re-read first: another process may be running other rows into the same file
-        saved = json.loads(json_path.read_text()) if json_path.is_file() else {}
-        results = {**saved, name: results[name]}
+        results = {**saved(), name: row}
         atomic_write_json(json_path, results)
     return {k: results[k] for k in rows if k in results}
+
+
+def run_benchmark(doc: str, name: str, rows: dict[str, dict[str, Any]],
+                  table: Callable[[dict[str, Any]], str],
+                  make_runner: Callable[[argparse.Namespace], Callable[[str, dict[str, Any]], dict[str, Any]]]
+                  ) -> None:
+    """The command line shared by the retrieval benchmarks: parse the flags, let
+    ``make_runner(args)`` load the data and return ``run_one(row name, settings)``, run the
+    asked rows into ``results/retrieval_<name>.json``, and write the markdown table beside it."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(rows), help=f"comma-separated: {', '.join(rows)}")
+    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
+    ap.add_argument("--work", type=Path, default=Path(f"/tmp/emit-bench-{name}"),
+                    help="run folders (checkpoints: a killed benchmark resumes)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / f"retrieval_{name}")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from emit.files import atomic_write_text
+
+    torch.set_num_threads(args.threads)
+    run_one = make_runner(args)
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    ordered = run_rows(rows, wanted, args.out.with_suffix(".json"), run_one)
+    atomic_write_text(args.out.with_suffix(".md"), table(ordered))
+    print(table(ordered))

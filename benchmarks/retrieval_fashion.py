@@ -20,14 +20,13 @@ the issue's speed figure (features cached beforehand).
 from __future__ import annotations
 
 import argparse
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retrieval_common import Bench, Task, hold_out, run_rows, train_and_evaluate
+from retrieval_common import Bench, Task, hold_out, run_benchmark, train_and_evaluate
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared/data/fashion-retrieval"
+DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/fashion-retrieval"
 TEST_FRACTION = 0.15
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -78,34 +77,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/emit-bench-fashion"),
-                    help="run folders (checkpoints: a killed benchmark resumes)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_fashion")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-
-    import torch
-
-    from emit.files import atomic_write_text
-
-    torch.set_num_threads(args.threads)
-    json_path = args.out.with_suffix(".json")
-    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
+def runner(args: argparse.Namespace) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
     bench = load(args.cache_dir)
     print(f"{len(bench.keys)} images, {int(bench.is_test.sum())} test images", flush=True)
 
     def run_one(name: str, settings: dict[str, Any]) -> dict[str, Any]:
-        folder = "".join(c if c.isalnum() else "_" for c in name)
-        return train_and_evaluate(folder, settings, bench, args.work, eval_tasks=["titles", "clicks"])
+        return train_and_evaluate(name, settings, bench, args.work, eval_tasks=["titles", "clicks"])
 
-    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
-    ordered = run_rows(ROWS, wanted, results, json_path, run_one)
-    atomic_write_text(args.out.with_suffix(".md"), table(ordered))
-    print(table(ordered))
+    return run_one
+
+
+def main() -> None:
+    run_benchmark(__doc__ or "", "fashion", ROWS, table, runner)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,16 @@ feature cache (--cache-dir), filled on the first run (about 7 minutes on 2 cores
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval_common import Bench, Task, hold_out, run_rows, side, summarise, train_and_evaluate
+from retrieval_common import Bench, Task, hold_out, run_benchmark, side, summarise, train_and_evaluate
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared/data/flickr8k"
+DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/flickr8k"
 N_TEST = 1000
 
 # Pinned in full: a row must not change when emit's defaults do.
@@ -135,23 +134,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated: {', '.join(ROWS)}")
-    ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/emit-bench-flickr8k"),
-                    help="run folders (checkpoints: a killed benchmark resumes)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_flickr8k")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-
-    import torch
-
-    from emit.files import atomic_write_text
-
-    torch.set_num_threads(args.threads)
-    json_path = args.out.with_suffix(".json")
-    results: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
+def runner(args: argparse.Namespace) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
     benches = {"efficientnet-lite0": load(args.cache_dir)}
     bench = benches["efficientnet-lite0"]
     print(f"{len(bench.keys)} images, {len(bench.tasks['titles'].texts)} captions, "
@@ -163,13 +146,13 @@ def main() -> None:
         backbone = settings.get("backbone", "efficientnet-lite0")
         if backbone not in benches:
             benches[backbone] = load(args.cache_dir, backbone)
-        folder = name.replace(" ", "_").replace(",", "")
-        return train_and_evaluate(folder, settings, benches[backbone], args.work)
+        return train_and_evaluate(name, settings, benches[backbone], args.work)
 
-    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
-    ordered = run_rows(ROWS, wanted, results, json_path, run_one)
-    atomic_write_text(args.out.with_suffix(".md"), table(ordered))
-    print(table(ordered))
+    return run_one
+
+
+def main() -> None:
+    run_benchmark(__doc__ or "", "flickr8k", ROWS, table, runner)
 
 
 if __name__ == "__main__":
