@@ -135,11 +135,10 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
     same_text = text_groups(texts, n_text)
     images_of_text: dict[int, set[int]] = {}
     captions_of_text: dict[int, list[int]] = {}
+    groups: list[list[int]] = [[] for _ in range(n_image)]  # each image's captions
     for i, (g, j) in enumerate(zip(same_text.tolist(), of.tolist(), strict=True)):
         images_of_text.setdefault(g, set()).add(j)
         captions_of_text.setdefault(g, []).append(i)
-    groups: list[list[int]] = [[] for _ in range(n_image)]
-    for i, j in enumerate(of.tolist()):
         groups[j].append(i)
     with_text = np.array([bool(g) for g in groups])
     queries = np.array(sorted(images_of_text), dtype=np.int64)  # one query per distinct text

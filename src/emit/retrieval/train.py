@@ -64,6 +64,7 @@ from emit.retrieval.encoders import (
     load_text_encoder,
     save_text_encoder,
 )
+from emit.retrieval.evaluate import text_groups
 from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
 from emit.retrieval.mining import ENGLISH_STOPWORDS, mine_negatives
 from emit.split import in_validation
@@ -316,8 +317,7 @@ def task_loss(text: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, token
     elif name == "vse":
         per = fn(text, image, rows, margin, similarity="neg_sq_dist", reduction="none")
     else:  # infonce; identical texts of other images are not negatives either
-        same_text: dict[tuple[str, ...], int] = {}
-        text_ids = torch.tensor([same_text.setdefault(tuple(t), len(same_text)) for t in tokens])
+        text_ids = torch.from_numpy(text_groups([" ".join(t) for t in tokens], len(tokens)))
         per = fn(text, image, rows, config.temperature, text_ids=text_ids, reduction="none")
     return (per * weights).sum() / weights.sum()
 
