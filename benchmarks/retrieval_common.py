@@ -81,29 +81,40 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Row settings that are not RetrievalConfig fields: the hubness correction at evaluation,
+# "model_row", a row whose run folder (model) is reused, so a corrected row scores the very
+# model of its uncorrected row, and "test_hflip" (test-time flips, applied by the caller).
+EVAL_KEYS = ("hubness", "hubness_beta", "model_row", "test_hflip")
+
+
 def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: Path,
                        eval_tasks: list[str] | None = None) -> dict[str, Any]:
     """Train ``RetrievalConfig(**settings)`` on the training images (early stopping on emit's
-    inner --val-fraction split of them) and evaluate every task on the test images."""
+    inner --val-fraction split of them) and evaluate every task on the test images, with the
+    hubness correction against the run's bank of training images and texts if asked."""
     from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.evaluate import evaluate_model
+    from emit.retrieval.hubness import HubnessBank
     from emit.retrieval.train import Pairs, train_retrieval
 
     x_tr, keys_tr, tr = side(bench, test=False)
     x_te, _, te = side(bench, test=True)
-    config = RetrievalConfig(**settings)
+    config = RetrievalConfig(**{k: v for k, v in settings.items() if k not in EVAL_KEYS})
     pairs = {k: Pairs(t.texts, t.rows) if k in tr else None for k, t in tr.items()}
+    folder = work / run_folder(settings.get("model_row", name))
     start = time.perf_counter()
     model = train_retrieval(x_tr, pairs.get("titles"), pairs.get("clicks"), config,
-                            out=work / run_folder(name), image_keys=keys_tr, progress=False)
+                            out=folder, image_keys=keys_tr, progress=False)
     seconds = time.perf_counter() - start
+    hubness = {"hubness": settings.get("hubness", "none"), "beta": settings.get("hubness_beta", 1.0)}
+    bank = HubnessBank.load(folder, model) if hubness["hubness"] != "none" else None
     result: dict[str, Any] = {"settings": settings, "train_seconds": round(seconds, 1),
                               "best_epoch": model.info["best_epoch"],
                               "epochs_run": len(model.info["history"]),
                               "margin": round(float(model.margin), 4)}
     for task in eval_tasks or list(te):
         t = te[task]
-        report = evaluate_model(model, t.texts, t.rows, x_te, categories=t.categories)
+        report = evaluate_model(model, t.texts, t.rows, x_te, categories=t.categories, bank=bank, **hubness)
         result[task] = summarise(report)
         result[task]["counts"] = {k: report["counts"][k] for k in ("captions", "images", "distinct_texts")}
     return result

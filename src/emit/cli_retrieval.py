@@ -95,7 +95,7 @@ def cmd_retrieval_evaluate(args: argparse.Namespace) -> int:
 
     print_json(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
                             cache_dir=args.cache_dir, out=args.out, held_out=args.held_out,
-                            progress=not args.quiet))
+                            hubness=args.hubness, beta=args.hubness_beta, progress=not args.quiet))
     return 0
 
 
@@ -104,7 +104,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
     print_json(build_index_job(args.run, args.images, args.out, kind=args.kind, texts=args.texts,
                                texts_format=args.texts_format, image_root=args.image_root,
-                               cache_dir=args.cache_dir, progress=not args.quiet))
+                               cache_dir=args.cache_dir, hubness=args.hubness, beta=args.hubness_beta,
+                               progress=not args.quiet))
     return 0
 
 
@@ -123,6 +124,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 # ---- parsers ------------------------------------------------------------------------------
+
+
+def _add_hubness_flags(p: argparse.ArgumentParser) -> None:
+    from emit.retrieval.hubness import DEFAULT_BETA, DEFAULT_DIRECTION, DIRECTIONS
+
+    p.add_argument("--hubness", default=DEFAULT_DIRECTION, choices=list(DIRECTIONS),
+                   help="correct hubs in this search direction: subtract from each candidate its "
+                        "log-sum-exp score against the run's bank of training queries; auto = both "
+                        "for cosine (infonce) models, none for squared-distance ones")
+    p.add_argument("--hubness-beta", type=float, default=DEFAULT_BETA,
+                   help="inverse temperature of the hubness correction, in score units")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -161,6 +173,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--held-out", action="store_true",
                    help="keep only the images the run held out for validation (--val-fraction), so a "
                         "run can be evaluated on the training files without scoring training images")
+    _add_hubness_flags(e)
     e.set_defaults(func=cmd_retrieval_evaluate)
 
     index = sub.add_parser("index", help="nearest-neighbour indexes of images")
@@ -174,6 +187,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="exact brute force, or approximate for large collections")
     b.add_argument("--texts", default=None, help="also index the texts of this caption file (image -> text)")
     b.add_argument("--texts-format", default="auto", choices=_FORMATS, help="format of the --texts file")
+    _add_hubness_flags(b)
     b.set_defaults(func=cmd_index_build)
 
     s = sub.add_parser("search", parents=[common], formatter_class=fmt,

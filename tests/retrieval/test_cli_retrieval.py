@@ -15,6 +15,7 @@ faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed")
 
 from emit.cli_retrieval import register  # noqa: E402
 from emit.problems import EmitError  # noqa: E402
+from emit.retrieval.hubness import DEFAULT_BETA  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),
            "purple": (140, 40, 170)}
@@ -171,3 +172,90 @@ def test_evaluate_held_out_scores_only_the_runs_validation_images(trained, data,
     # exactly the images training held out: 2 titles each, all of them and nothing else
     assert summary["images"] == meta["val_pairs"]["titles"] // 2 == 20 - meta["pairs"]["titles"] // 2
     assert summary["captions"] == meta["val_pairs"]["titles"]
+
+
+@pytest.fixture(scope="module")
+def cosine_run(data, trained, tmp_path_factory) -> dict:
+    """An InfoNCE (cosine) run that holds images out, and its index with both corrections."""
+    out = tmp_path_factory.mktemp("cosine")
+    train = ["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"],
+             "--out", out / "run", "--backbone", "colour-hist", "--vectors", data["vectors"],
+             "--hidden", 16, "--epochs", 8, "--batch-size", 20, "--val-fraction", 0.3,
+             "--cache-dir", trained["cache"], "-q"]
+    assert run(train) == 0
+    assert run(["index", "build", out / "run", data["images"], "--out", out / "idx",
+                "--texts", data["titles"], "--hubness", "both", "--cache-dir", trained["cache"], "-q"]) == 0
+    return {"run": out / "run", "idx": out / "idx", "train": train}
+
+
+def test_hubness_bank_holds_the_training_images_only(cosine_run) -> None:
+    from emit.retrieval.hubness import BANK_FILE, HubnessBank
+    from emit.retrieval.train import RetrievalModel
+
+    model = RetrievalModel.load(cosine_run["run"])
+    bank = HubnessBank.load(cosine_run["run"], model)
+    info = model.info
+    assert (cosine_run["run"] / BANK_FILE).is_file()
+    assert bank.images.shape[0] == info["pairs"]["titles"] // 2  # two titles per image; none held out
+    assert bank.images.shape[0] < 20 and bank.texts.shape[0] > 0
+
+
+def test_index_search_applies_the_correction_it_records(cosine_run, data, trained, capsys) -> None:
+    from emit.retrieval.hubness import HubnessBank, bank_bias
+    from emit.retrieval.jobs import model_backbone
+    from emit.retrieval.train import RetrievalModel
+    from emit.vision.features import extract_features
+
+    for folder in (cosine_run["idx"], cosine_run["idx"] / "texts"):
+        hub = json.loads((folder / "index.json").read_text())["params"]["hubness"]
+        assert hub["beta"] == DEFAULT_BETA and hub["direction"] == "both"
+        assert hub["bank"]["source"].startswith("training images") and len(hub["bank"]["sha256"]) == 64
+    photo = data["images"] / "blue_square.png"
+    capsys.readouterr()
+    assert run(["search", cosine_run["idx"], "--image", photo, "--top", 40, "--target", "texts", "--json",
+                "--cache-dir", trained["cache"]]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert "hubness-corrected" in found["order"]
+    # the explicit formula: cosine minus each text's log-sum-exp over the training images
+    model = RetrievalModel.load(cosine_run["run"])
+    bank = HubnessBank.load(cosine_run["run"], model)
+    texts = [r["id"] for r in found["results"]]
+    feats, _ = extract_features([photo], model_backbone(model), cache_dir=trained["cache"], progress=False)
+    t = model.text_vectors(texts)
+    bias = bank_bias(t, bank.images, beta=DEFAULT_BETA, metric="ip")
+    explicit = (model.image_vectors(feats) @ t.T)[0] - bias
+    np.testing.assert_allclose([r["score"] for r in found["results"]], explicit, atol=1e-4)
+    assert np.all(np.diff(explicit) <= 1e-6)  # in that order
+    # image -> images stays plain: the photo finds itself at cosine 1
+    assert run(["search", cosine_run["idx"], "--image", photo, "--top", 1, "--json",
+                "--cache-dir", trained["cache"]]) == 0
+    self_hit = json.loads(capsys.readouterr().out)["results"][0]
+    assert Path(self_hit["id"]).name == "blue_square.png"
+    assert self_hit["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_evaluate_with_and_without_hubness_and_a_run_without_a_bank(cosine_run, data, trained,
+                                                                     capsys) -> None:
+    from emit.retrieval.hubness import BANK_FILE, HubnessBank
+    from emit.retrieval.train import RetrievalModel
+
+    capsys.readouterr()
+    assert run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"], "--held-out",
+                "--cache-dir", trained["cache"], "-q"]) == 0  # default 'auto': both, for a cosine model
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["hubness"]["direction"] == "both" and summary["hubness"]["beta"] == DEFAULT_BETA
+    report = json.loads(Path(summary["report"]).read_text())
+    assert report["hubness"] == summary["hubness"]
+    assert run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"], "--held-out",
+                "--hubness", "none", "--cache-dir", trained["cache"], "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["hubness"] == {"direction": "none"}
+    # a run from before banks existed: a clear error naming the fix, and the fix works
+    bank_file = cosine_run["run"] / BANK_FILE
+    saved = HubnessBank.load(cosine_run["run"], RetrievalModel.load(cosine_run["run"])).identity()
+    bank_file.unlink()
+    with pytest.raises(EmitError, match="Rerun the same `emit retrieval train`"):
+        run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"],
+             "--cache-dir", trained["cache"], "-q"])
+    assert run(cosine_run["train"]) == 0  # not trained again: only the bank is written
+    model = RetrievalModel.load(cosine_run["run"])
+    assert HubnessBank.load(cosine_run["run"], model).identity() == saved

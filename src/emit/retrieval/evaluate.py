@@ -46,6 +46,7 @@ from emit.files import atomic_write_bytes, atomic_write_json
 from emit.metrics import map_at_r, mean_average_precision, median_rank, recall_at_k
 from emit.problems import EmitError
 from emit.retrieval.distances import pairwise_sq_dist
+from emit.retrieval.hubness import DEFAULT_BETA, HubnessBank, apply_bias, biases, describe, resolve
 
 if TYPE_CHECKING:
     from emit.retrieval.train import RetrievalModel
@@ -113,9 +114,14 @@ def text_groups(texts: Sequence[str] | None, n: int) -> np.ndarray:
 
 def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: str = "l2",
                         categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
-                        R: int = MAP_R, texts: Sequence[str] | None = None) -> dict[str, Any]:
+                        R: int = MAP_R, texts: Sequence[str] | None = None,
+                        text_bias: Any = None, image_bias: Any = None) -> dict[str, Any]:
     """The report for caption vectors ``text`` (T, D), image vectors ``image`` (I, D), and
     ``caption_image`` (T,), the image row of each caption; see the module docstring.
+
+    ``text_bias`` (T,) is subtracted from every image's score of each text (image -> text
+    ranking), ``image_bias`` (I,) from every text's score of each image (text -> image): the
+    hubness correction of :mod:`emit.retrieval.hubness`. Each leaves the other direction as is.
 
     With ``texts`` (the T caption strings), identical texts count as one: a query text that
     several images share finds any of them (click logs repeat short queries across many
@@ -132,6 +138,11 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
                         f"in 0..{n_image - 1}")
     if categories is not None and len(categories) != n_text:
         raise EmitError(f"{len(categories)} categories for {n_text} captions")
+    s_t2i_all, s_i2t_all = s, s.T  # (T, I) text -> image and (I, T) image -> text scores
+    if image_bias is not None:
+        s_t2i_all = apply_bias(s, image_bias)
+    if text_bias is not None:
+        s_i2t_all = apply_bias(s.T, text_bias)
     same_text = text_groups(texts, n_text)
     images_of_text: dict[int, set[int]] = {}
     captions_of_text: dict[int, list[int]] = {}
@@ -142,9 +153,9 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
         groups[j].append(i)
     with_text = np.array([bool(g) for g in groups])
     queries = np.array(sorted(images_of_text), dtype=np.int64)  # one query per distinct text
-    s_t2i = s[queries]
+    s_t2i = s_t2i_all[queries]
     rel_t2i = [sorted(images_of_text[int(g)]) for g in queries]
-    s_i2t = s.T[with_text]  # images without a caption have nothing to find
+    s_i2t = s_i2t_all[with_text]  # images without a caption have nothing to find
     rel_i2t = [sorted({c for i in g for c in captions_of_text[int(same_text[i])]}) for g in groups if g]
 
     report: dict[str, Any] = {
@@ -169,7 +180,7 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
         # a text shared by several captions takes their most common category, not the first one's
         text_cats = image_categories(cats, np.searchsorted(queries, same_text), len(queries))
         labelled = {"text_to_image": (s_t2i, text_cats, img_cats),
-                    "image_to_text": (s.T[:, queries], img_cats, text_cats)}
+                    "image_to_text": (s_i2t_all[:, queries], img_cats, text_cats)}
         for direction, (scores, query_labels, item_labels) in labelled.items():
             q, it, usable = _codes(query_labels, item_labels)
             left_out[direction] = int((~usable).sum())
@@ -192,20 +203,32 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
 
 def evaluate_model(model: RetrievalModel, texts: Sequence[str], caption_image: Any, image_features: Any, *,
                    categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
-                   R: int = MAP_R) -> dict[str, Any]:
-    """Embed ``texts`` and the raw ``image_features`` with ``model`` and evaluate."""
-    report = evaluate_embeddings(model.text_vectors(texts), model.image_vectors(image_features),
-                                 caption_image, metric=model.metric, categories=categories, ks=ks, R=R,
-                                 texts=texts)
+                   R: int = MAP_R, bank: HubnessBank | None = None, hubness: str = "none",
+                   beta: float = DEFAULT_BETA) -> dict[str, Any]:
+    """Embed ``texts`` and the raw ``image_features`` with ``model`` and evaluate.
+
+    ``hubness`` ('none', 'image_to_text', 'text_to_image', 'both', or 'auto': both for cosine
+    models, none for squared-distance ones) corrects that direction's scores against ``bank``
+    (the run's :class:`~emit.retrieval.hubness.HubnessBank`) with ``beta``; see
+    :mod:`emit.retrieval.hubness`.
+    """
+    text, image = model.text_vectors(texts), model.image_vectors(image_features)
+    text_bias, image_bias = biases(text, image, bank, hubness, beta=beta, metric=model.metric)
+    report = evaluate_embeddings(text, image, caption_image, metric=model.metric, categories=categories,
+                                 ks=ks, R=R, texts=texts, text_bias=text_bias, image_bias=image_bias)
     report["model"] = model.identity()
+    report["hubness"] = describe(bank, resolve(hubness, model.metric), beta)
     return report
 
 
 def evaluate_captions(model: RetrievalModel, captions: Sequence[Caption], image_features: Any,
-                      ok: Any = None, *, ks: Sequence[int] = KS, R: int = MAP_R) -> dict[str, Any]:
+                      ok: Any = None, *, ks: Sequence[int] = KS, R: int = MAP_R,
+                      bank: HubnessBank | None = None, hubness: str = "none",
+                      beta: float = DEFAULT_BETA) -> dict[str, Any]:
     """Evaluate on captions; ``image_features`` are in :func:`emit.data.captions.image_indices` order.
 
     ``ok`` (bool per image, from ``extract_features``) drops unreadable images and their captions.
+    ``bank``, ``hubness`` and ``beta`` are as for :func:`evaluate_model`.
     """
     paths, of = image_indices(captions)
     feats = np.asarray(image_features, dtype=np.float32)
@@ -218,7 +241,8 @@ def evaluate_captions(model: RetrievalModel, captions: Sequence[Caption], image_
     if not kept:
         raise EmitError("no caption has a readable image; nothing to evaluate")
     report = evaluate_model(model, [c.text for c in kept], new_row[of[keep]], feats[good],
-                            categories=[c.category for c in kept], ks=ks, R=R)
+                            categories=[c.category for c in kept], ks=ks, R=R, bank=bank, hubness=hubness,
+                            beta=beta)
     report["counts"]["captions_dropped"] = int((~keep).sum())
     report["counts"]["images_dropped"] = int((~good).sum())
     return report

@@ -19,6 +19,13 @@ image backbone's and text encoder's identities, versions, and the sha256 of the 
 differs. The encoder identity is opaque here: a retrieval model that also projects the image
 side should pass one dict covering both (e.g. ``{"text": ..., "image_projection": ...}``).
 
+``bias=`` (one value per row) builds an index that ranks by ``score - bias``: the hubness
+correction of :mod:`emit.retrieval.hubness`, folded into one extra coordinate of every row
+(:func:`~emit.retrieval.hubness.fold_candidates`). Queries keep the model's dimension; the
+index appends the matching constant, and ``params["hubness"]`` records beta and the bank.
+``search(..., corrected=False)`` gives the plain scores of an inner-product index (for
+queries of the same modality as the rows).
+
 FAISS runs on all cores through OpenMP; call ``faiss.omp_set_num_threads(n)`` to share them.
 """
 
@@ -38,6 +45,7 @@ import numpy as np
 from emit.config import versions
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.problems import EmitError
+from emit.retrieval.hubness import fold_candidates, fold_queries
 
 INDEX_FILE, MANIFEST_FILE = "index.faiss", "index.json"
 FORMAT_VERSION = 1
@@ -91,7 +99,17 @@ class SearchIndex:
 
     @property
     def dim(self) -> int:
+        """The dimension of the stored rows (one more than the queries' if hubness-corrected)."""
         return int(self.index.d)
+
+    @property
+    def corrected(self) -> bool:
+        """True if the rows carry a hubness correction (an extra coordinate)."""
+        return self.params.get("hubness") is not None
+
+    @property
+    def query_dim(self) -> int:
+        return self.dim - 1 if self.corrected else self.dim
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -117,14 +135,19 @@ class SearchIndex:
             self.params["ef_search"] = int(hnsw.efSearch)
         return self
 
-    def search_positions(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_positions(self, queries: Any, k: int, *, corrected: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)``, both ``(Q, min(k, N))``, nearest first; row -1 marks no result
-        (an approximate index may find fewer than k), with score +inf (l2) or -inf (ip)."""
+        (an approximate index may find fewer than k), with score +inf (l2) or -inf (ip).
+
+        On a hubness-corrected index, scores are corrected (``corrected=True``) or plain."""
         if len(self) == 0:
             raise EmitError("the index is empty; build it from at least one image vector")
         if k < 1:
             raise EmitError(f"k must be >= 1, got {k}")
-        q = _as_matrix(queries, "queries", self.dim)
+        q = _as_matrix(queries, "queries", self.query_dim)
+        if self.corrected:
+            q = fold_queries(q, self.metric, corrected)
         k_eff = min(int(k), len(self))
         if q.shape[0] == 0:
             return np.zeros((0, k_eff), dtype=np.float32), np.zeros((0, k_eff), dtype=np.int64)
@@ -134,28 +157,43 @@ class SearchIndex:
         missing = rows < 0
         if missing.any():
             scores[missing] = -np.inf if self.higher_is_better else np.inf
-        elif self.metric == "l2":
+        elif self.metric == "l2" and not self.corrected:
             np.maximum(scores, 0.0, out=scores)  # rounding can give tiny negative distances
+        if self.corrected and self.metric == "l2":
+            scores[~missing] -= float(self.params["hubness"].get("shift", 0.0))  # distance + bias
         return scores, rows
 
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries: Any, k: int, *, corrected: bool = True) -> tuple[np.ndarray, list[list[str]]]:
         """``(scores (Q, min(k, N)), ids)``: ``ids[q]`` lists the hits of query q nearest first.
 
         Scores are squared L2 distances (lower is nearer) or inner products (higher is nearer).
         ``ids[q]`` is shorter than the score row only where an approximate index found fewer
         than k vectors; those scores are +-inf.
         """
-        scores, rows = self.search_positions(queries, k)
+        scores, rows = self.search_positions(queries, k, corrected=corrected)
         ids = [[self.ids[r] for r in row if r >= 0] for row in rows.tolist()]
         return scores, ids
 
-    def vectors(self) -> np.ndarray:
-        """The stored vectors (exact for Flat storage, approximations for compressed indexes)."""
+    def _rows(self) -> np.ndarray:
         faiss = _faiss()
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             ivf.make_direct_map()
         return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
+
+    def vectors(self) -> np.ndarray:
+        """The stored vectors (exact for Flat storage, approximations for compressed indexes),
+        without the hubness coordinate."""
+        return self._rows()[:, :self.query_dim]
+
+    def bias(self) -> np.ndarray | None:
+        """The hubness bias of each row, read back from its extra coordinate (None if none)."""
+        if not self.corrected:
+            return None
+        last = self._rows()[:, -1].astype(np.float64)
+        if self.metric == "ip":
+            return -last
+        return last ** 2 - float(self.params["hubness"].get("shift", 0.0))
 
     # ---- persistence ------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -201,14 +239,17 @@ def default_nlist(n: int) -> int:
 
 
 def build_index(vectors: Any, ids: Sequence[str], kind: str = "exact", metric: str = "l2", *,
-                backbone: Any = None, encoder: Any = None, factory: str | None = None,
+                backbone: Any = None, encoder: Any = None, bias: Any = None,
+                hubness: Mapping[str, Any] | None = None, factory: str | None = None,
                 nlist: int | None = None, nprobe: int | None = None, m: int = 32,
                 ef_construction: int = 40, ef_search: int = 64) -> SearchIndex:
     """Index ``vectors`` (N, D) whose rows are the images ``ids``; see the module docstring.
 
     ``backbone`` / ``encoder`` are the identities (dicts, or objects with ``identity`` /
     ``identity()``) of the image backbone and text model the vectors belong to; they are saved
-    with the index and checked by :func:`load_index`.
+    with the index and checked by :func:`load_index`. ``bias`` (N,) makes the index rank by
+    ``score - bias`` (see the module docstring); ``hubness`` (beta, the bank's identity, ...)
+    is recorded with it in ``params["hubness"]``.
     """
     faiss = _faiss()
     if kind not in KINDS:
@@ -222,10 +263,14 @@ def build_index(vectors: Any, ids: Sequence[str], kind: str = "exact", metric: s
         raise EmitError("no vectors to index; extract image features first")
     if len(ids) != n:
         raise EmitError(f"{n} vectors but {len(ids)} ids; give one id per vector")
+    params: dict[str, Any] = {}
+    if bias is not None:
+        x, shift = fold_candidates(x, bias, metric)
+        d += 1
+        params["hubness"] = {**dict(hubness or {}), "shift": shift}
     if len(set(ids)) != n:
         dup = next(i for i, c in _counts(ids).items() if c > 1)
         raise EmitError(f"image id {dup!r} occurs more than once; ids must be unique")
-    params: dict[str, Any] = {}
     if kind == "exact" and factory is None:
         index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
         params["factory"] = "Flat"
@@ -293,10 +338,11 @@ def recall_against_exact(index: SearchIndex, queries: Any, k: int, vectors: Any 
     from the index's stored vectors (exact for Flat storage; for compressed indexes such as PQ
     pass the original vectors).
     """
-    x = index.vectors() if vectors is None else _as_matrix(vectors, "vectors", index.dim)
+    x = index.vectors() if vectors is None else _as_matrix(vectors, "vectors", index.query_dim)
     if x.shape[0] != len(index):
         raise EmitError(f"{x.shape[0]} vectors given for an index of {len(index)}")
-    exact = build_index(x, index.ids, "exact", index.metric)
+    exact = build_index(x, index.ids, "exact", index.metric, bias=index.bias(),
+                        hubness=index.params.get("hubness"))
     _, truth = exact.search_positions(queries, k)
     _, found = index.search_positions(queries, k)
     if truth.shape[0] == 0:

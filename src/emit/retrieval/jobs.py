@@ -28,6 +28,15 @@ from emit.files import atomic_write_json, read_json
 from emit.problems import EmitError, ProblemLog
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.evaluate import evaluate_captions, write_evaluation
+from emit.retrieval.hubness import (
+    DEFAULT_BETA,
+    DEFAULT_DIRECTION,
+    HubnessBank,
+    bank_bias,
+    corrects,
+    describe,
+    resolve,
+)
 from emit.retrieval.index import KINDS, SearchIndex, build_index, load_index
 from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
 from emit.split import in_validation
@@ -160,13 +169,21 @@ def held_out_captions(model: RetrievalModel, captions: Sequence[Caption], run: P
     return kept
 
 
+def _bank(run: PathLike, model: RetrievalModel, hubness: str) -> HubnessBank | None:
+    """The run's hubness bank if ``hubness`` corrects anything (an error names the fix if it has none)."""
+    return None if resolve(hubness, model.metric) == "none" else HubnessBank.load(run, model)
+
+
 def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_root: PathLike | None = None,
                  cache_dir: PathLike | None = None, out: PathLike | None = None, held_out: bool = False,
+                 hubness: str = DEFAULT_DIRECTION, beta: float = DEFAULT_BETA,
                  progress: bool = True) -> dict[str, Any]:
     """Evaluate the model in ``run`` on a caption file; writes ``<out>.json`` and ``<out>.png``
-    (default ``RUN/eval_<captions name>``). ``held_out`` keeps only the run's validation images."""
+    (default ``RUN/eval_<captions name>``). ``held_out`` keeps only the run's validation images.
+    ``hubness`` / ``beta`` correct that direction against the run's bank (:mod:`emit.retrieval.hubness`)."""
     start = time.perf_counter()
     model = RetrievalModel.load(run)
+    bank = _bank(run, model, hubness)
     problems = ProblemLog()
     caps, _ = read_captions(captions, fmt, image_root, problems=problems)
     if not caps:
@@ -175,7 +192,7 @@ def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_
         caps = held_out_captions(model, caps, run)
     paths, _ = image_indices(caps)
     feats, ok = _features(paths, model_backbone(model), cache_dir, problems, progress)
-    report = evaluate_captions(model, caps, feats, ok)
+    report = evaluate_captions(model, caps, feats, ok, bank=bank, hubness=hubness, beta=beta)
     report["captions_file"] = str(captions)
     report["held_out_only"] = held_out
     report["run"] = str(run)
@@ -188,7 +205,8 @@ def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_
             "map_at_r": {k: report["map_at_r"][k]
                          for k in ("R", "relevance", "text_to_image", "image_to_text")},
             "map": {k: report["map"][k] for k in ("text_to_image", "image_to_text")},
-            "problems": len(problems), "seconds": round(time.perf_counter() - start, 1)}
+            "hubness": report["hubness"], "problems": len(problems),
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 # --------------------------------------------------------------------------- index
@@ -222,16 +240,21 @@ def collect_images(items: Sequence[PathLike], problems: ProblemLog) -> list[Path
 def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *, kind: str = "exact",
                     texts: PathLike | None = None, texts_format: str = "auto",
                     image_root: PathLike | None = None, cache_dir: PathLike | None = None,
+                    hubness: str = DEFAULT_DIRECTION, beta: float = DEFAULT_BETA,
                     progress: bool = True) -> dict[str, Any]:
     """Embed images with the model's backbone (and projection) into a FAISS index in ``out``.
 
     ``texts`` (a caption file) also builds ``out/texts``, an index of its distinct texts, for
-    image -> text search.
+    image -> text search. ``hubness`` folds the correction of that direction into the index of
+    its candidates (texts for 'image_to_text', images for 'text_to_image'), against the run's
+    bank with ``beta``; each index records what it holds.
     """
     start = time.perf_counter()
     if kind not in KINDS:
         raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     model = RetrievalModel.load(run)
+    hubness = resolve(hubness, model.metric)
+    bank = _bank(run, model, hubness)
     problems = ProblemLog()
     files = collect_images(images, problems)
     if not files:
@@ -242,8 +265,17 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
         raise EmitError("none of the images could be read; see the problems above")
     ids = [str(f) for f, good in zip(files, ok, strict=True) if good]
     identity = model.identity()
-    index = build_index(model.image_vectors(feats[ok]), ids, kind, model.metric,
-                        backbone=backbone.identity, encoder=identity)
+
+    def corrected(vectors: np.ndarray, target: str) -> dict[str, Any]:
+        """build_index arguments that fold the hubness bias of ``target`` rows in, if asked."""
+        if bank is None or not corrects(hubness, target):
+            return {}
+        return {"bias": bank_bias(vectors, bank.for_target(target), beta=beta, metric=model.metric),
+                "hubness": describe(bank, hubness, beta)}
+
+    image_vectors = model.image_vectors(feats[ok])
+    index = build_index(image_vectors, ids, kind, model.metric, backbone=backbone.identity, encoder=identity,
+                        **corrected(image_vectors, "images"))
     out = Path(out)
     index.save(out)
     n_texts = 0
@@ -252,14 +284,16 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
         distinct = list(dict.fromkeys(c.text for c in caps))
         if not distinct:
             raise EmitError(f"{texts}: no texts to index; see the problems above")
-        build_index(model.text_vectors(distinct), distinct, "exact", model.metric, backbone=backbone.identity,
-                    encoder=identity).save(out / TEXTS_DIR)
+        text_vectors = model.text_vectors(distinct)
+        build_index(text_vectors, distinct, "exact", model.metric, backbone=backbone.identity,
+                    encoder=identity, **corrected(text_vectors, "texts")).save(out / TEXTS_DIR)
         n_texts = len(distinct)
     atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
                                                "texts": n_texts > 0, "images": len(ids)})
     _write_problems(problems, out / "index_problems.json")
     return {"index": str(out), "images": len(ids), "images_skipped": len(files) - len(ids),
-            "texts": n_texts, "kind": kind, "metric": model.metric, "dim": index.dim, "model": str(run),
+            "texts": n_texts, "kind": kind, "metric": model.metric, "dim": index.query_dim, "model": str(run),
+            "hubness": describe(bank, hubness, beta),
             "problems": len(problems), "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -344,17 +378,24 @@ class IndexSearcher:
             raise EmitError(problems.summary())
         return self.model.image_vectors(feats)
 
-    def rank(self, query: np.ndarray, top: int = 10, target: str = "images") -> dict[str, Any]:
-        """The ``top`` nearest ``target`` entries of a query vector, nearest first."""
+    def rank(self, query: np.ndarray, top: int = 10, target: str = "images", query_kind: str = "text"
+             ) -> dict[str, Any]:
+        """The ``top`` nearest ``target`` entries of a ``query_kind`` ('text' or 'image') query
+        vector, nearest first. A hubness correction built into the index applies only across
+        modalities (text -> images, image -> texts); same-modality search gets plain scores."""
         check_target(target)
         if target not in self.indexes:
             raise EmitError(f"{self.folder}: has no text index; "
                             "build it with `emit index build ... --texts CAPTIONS`")
         index = self.indexes[target]
-        scores, ids = index.search(query, top)
+        across = (query_kind == "text") == (target == "images")
+        scores, ids = index.search(query, top, corrected=across)
         results = [{"rank": r + 1, "id": i, "score": float(s)}
                    for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
         order = "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)"
+        hub = index.params.get("hubness") if across else None
+        if hub is not None:
+            order += f"; hubness-corrected (beta {hub.get('beta')})"
         return {"target": target, "metric": index.metric, "order": order, "results": results}
 
     def search(self, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
@@ -363,7 +404,7 @@ class IndexSearcher:
         check_query(text, image)
         check_target(target)
         query = self.query_vectors(text, image=image, cache_dir=cache_dir)
-        ranked = self.rank(query, top, target)
+        ranked = self.rank(query, top, target, "text" if text is not None else "image")
         return {"query": text if text is not None else str(image),
                 "kind": "text" if text is not None else "image", **ranked,
                 "seconds": round(time.perf_counter() - start, 3)}

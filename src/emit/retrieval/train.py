@@ -26,9 +26,10 @@ With ``out=`` the run is resumable: after every epoch the encoder, projection, o
 history and best weights are written atomically to ``checkpoint.pt``. A rerun after a kill loads
 it and continues with the next epoch; every epoch seeds its own shuffling and dropout, so the
 resumed run ends with exactly the weights of an uninterrupted one. When training ends the best
-model is saved (``retrieval.json`` last, marking a complete model) and the checkpoint removed;
-rerunning a finished run with the same settings and data just loads it. ``training.png`` shows
-the loss and validation curves (redrawn during training at most every 30 s, and at the end).
+model is saved with its hubness bank (:mod:`emit.retrieval.hubness`; ``retrieval.json`` last,
+marking a complete model) and the checkpoint removed; rerunning a finished run with the same
+settings and data just loads it (and writes its bank if an older emit did not). ``training.png``
+shows the loss and validation curves (redrawn during training at most every 30 s, and at the end).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from emit.retrieval.encoders import (
     save_text_encoder,
 )
 from emit.retrieval.evaluate import text_groups
+from emit.retrieval.hubness import BANK_FILE, build_bank
 from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
 from emit.retrieval.mining import ENGLISH_STOPWORDS, mine_negatives
 from emit.split import in_validation
@@ -520,6 +522,8 @@ def train_retrieval(
             raise EmitError(f"{out_dir}: already holds a model trained with other settings or data; "
                             "choose another output folder or delete this one")
         log.info("%s: already trained; loading it", out_dir)
+        if not (out_dir / BANK_FILE).is_file():  # trained by an older emit: add what it lacks
+            write_bank(done, x_raw, tasks, out_dir)
         return done
 
     x = _normalise_rows(x_raw) if config.normalise_images else x_raw
@@ -630,10 +634,19 @@ def train_retrieval(
     model = RetrievalModel(encoder, config, margin, projection,
                            None if backbone is None else dict(backbone), info)
     if out_dir is not None:
+        write_bank(model, x_raw, tasks, out_dir)  # before the model file: a complete model has its bank
         model.save(out_dir)
         _write_curves(history, best["epoch"], out_dir / CURVES)
         ckpt.unlink(missing_ok=True)  # type: ignore[union-attr]
     return model
+
+
+def write_bank(model: RetrievalModel, features: np.ndarray, tasks: Mapping[str, Pairs], out: Path) -> Path:
+    """Save the hubness bank of ``model``: the images and texts it was trained on (the
+    validation images are not in ``tasks``), so held-out evaluation never meets its own items."""
+    bank = build_bank(model, features, np.concatenate([p.images for p in tasks.values()]),
+                      [t for p in tasks.values() for t in p.texts], seed=model.config.seed)
+    return bank.save(out)
 
 
 def _checkpoint(path: Path, config: RetrievalConfig, encoder: TextEncoder, projection: ImageProjection | None,

@@ -94,7 +94,7 @@ class SearchService:
                target: str = "images") -> dict[str, Any]:
         with self.lock:  # the model; FAISS below runs outside the lock
             query = self.searcher.query_vectors(text, image=image, cache_dir=self.cache_dir)
-        return self.searcher.rank(query, top_k, target)
+        return self.searcher.rank(query, top_k, target, "text" if text is not None else "image")
 
     def image_path(self, row: int) -> Path | None:
         """The file of indexed image ``row``, if it is still there and is an image file."""
