@@ -35,6 +35,9 @@ ROWS: dict[str, dict] = {
                          "tune_full_model": True, "finetune_epochs": 2},
     "finetuned-bagged": {"backbone": "efficientnet-lite0+colour-hist", "tune_full_model": True,
                          "finetune_epochs": 2},
+    # the library's default length, 6 epochs: does longer tuning help?
+    "finetuned-6ep-single": {"backbone": "efficientnet-lite0+colour-hist", "bag_size": 1,
+                             "tune_full_model": True, "finetune_epochs": 6},
 }
 HERE = Path(__file__).resolve().parent
 
@@ -64,8 +67,10 @@ def run_row(name: str, data: Path, cache: Path, work: Path, val_fraction: float)
     if config.tune_full_model:
         from emit.pairing.finetune import finetune_backbone
 
-        # one tuned backbone per backbone name: the bagged row reuses the single row's
-        backbone = finetune_backbone(train, backbone, config, work / f"tuned-{config.backbone}",
+        # one tuned backbone per backbone and length: a bagged row reuses its single row's
+        suffix = "" if config.finetune_epochs == 2 else f"-{config.finetune_epochs}ep"
+        backbone = finetune_backbone(train, backbone, config,
+                                     work / f"tuned-{config.backbone}{suffix}",
                                      problems=problems,
                                      progress=False)
     t1 = time.perf_counter()
