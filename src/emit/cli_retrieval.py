@@ -134,7 +134,8 @@ def _add_hubness_flags(p: argparse.ArgumentParser) -> None:
                         "log-sum-exp score against the run's bank of training queries; auto = both "
                         "for cosine (infonce) models, none for squared-distance ones")
     p.add_argument("--hubness-beta", type=float, default=DEFAULT_BETA,
-                   help="inverse temperature of the hubness correction, in score units")
+                   help="inverse temperature of the hubness correction, in score units (positive; "
+                        "unused with --hubness none)")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

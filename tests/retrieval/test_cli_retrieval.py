@@ -259,3 +259,47 @@ def test_evaluate_with_and_without_hubness_and_a_run_without_a_bank(cosine_run, 
     assert run(cosine_run["train"]) == 0  # not trained again: only the bank is written
     model = RetrievalModel.load(cosine_run["run"])
     assert HubnessBank.load(cosine_run["run"], model).identity() == saved
+
+
+def test_a_foreign_or_unreadable_bank_is_written_again_by_the_named_fix(cosine_run, data, trained,
+                                                                       tmp_path) -> None:
+    """The errors say to rerun `emit retrieval train`; that rerun must replace a bad bank, not keep it."""
+    from emit.retrieval.hubness import BANK_FILE, HubnessBank
+    from emit.retrieval.train import RetrievalModel
+
+    model = RetrievalModel.load(cosine_run["run"])
+    saved = HubnessBank.load(cosine_run["run"], model).identity()
+    bank_file = cosine_run["run"] / BANK_FILE
+    other = HubnessBank(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), "0" * 64)
+    for bad in (other.save(tmp_path).read_bytes(), b"not a safetensors file"):
+        bank_file.write_bytes(bad)
+        with pytest.raises(EmitError, match="rerun the same `emit retrieval train`"):
+            run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"],
+                 "--cache-dir", trained["cache"], "-q"])
+        assert run(cosine_run["train"]) == 0
+        assert HubnessBank.load(cosine_run["run"], model).identity() == saved
+
+
+def test_bad_hubness_requests_fail_before_any_image_is_read(cosine_run, data, trained, tmp_path) -> None:
+    missing = tmp_path / "no_such_captions.jsonl"  # never read: the beta check comes first
+    for beta in ("0", "-1", "inf", "nan"):
+        with pytest.raises(EmitError, match="--hubness-beta"):
+            run(["retrieval", "evaluate", cosine_run["run"], "--captions", missing, "--hubness-beta", beta,
+                 "-q"])
+        with pytest.raises(EmitError, match="--hubness-beta"):
+            run(["index", "build", cosine_run["run"], tmp_path / "none.png", "--out", tmp_path / "i",
+                 "--hubness-beta", beta, "-q"])
+    # an image -> text correction without a text index would correct nothing, silently
+    with pytest.raises(EmitError, match="give --texts CAPTIONS"):
+        run(["index", "build", cosine_run["run"], data["images"], "--out", tmp_path / "i",
+             "--hubness", "image_to_text", "--cache-dir", trained["cache"], "-q"])
+    assert not (tmp_path / "i").exists()
+
+
+def test_rank_refuses_an_unknown_query_kind(cosine_run) -> None:
+    from emit.retrieval.jobs import IndexSearcher
+
+    searcher = IndexSearcher.open(cosine_run["idx"])
+    query = searcher.model.text_vectors(["a red circle"])
+    with pytest.raises(EmitError, match="unknown query kind"):
+        searcher.rank(query, 3, "images", "images")  # a typo would have silently dropped the correction

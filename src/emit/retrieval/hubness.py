@@ -66,6 +66,14 @@ def _check_direction(direction: str) -> str:
     return direction
 
 
+def check_beta(beta: float) -> float:
+    """``beta`` if it is a positive finite number; otherwise an error naming the flag."""
+    if not (np.isfinite(beta) and beta > 0):
+        raise EmitError(f"hubness beta must be positive and finite, got {beta}; "
+                        "give --hubness-beta a number such as 10, or use --hubness none")
+    return float(beta)
+
+
 def resolve(direction: str, metric: str) -> str:
     """The direction 'auto' stands for with ``metric``; any other is returned as it is."""
     if _check_direction(direction) != "auto":
@@ -91,8 +99,7 @@ def bank_bias(candidates: Any, bank: Any, *, beta: float = DEFAULT_BETA, metric:
     """
     from emit.retrieval.evaluate import similarity_matrix  # evaluate imports this module
 
-    if not beta > 0:
-        raise EmitError(f"hubness beta must be positive, got {beta}")
+    beta = check_beta(beta)
     c = np.asarray(candidates, dtype=np.float32)
     b = np.asarray(bank, dtype=np.float32)
     if c.ndim != 2 or b.ndim != 2 or c.shape[1] != b.shape[1]:
@@ -151,7 +158,9 @@ def fold_queries(queries: Any, metric: str, corrected: bool = True) -> np.ndarra
         q = q[None, :]
     if metric == "l2" and not corrected:
         raise EmitError("this squared-distance index holds a hubness correction for queries of the "
-                        "other modality; build an index without --hubness for same-modality search")
+                        "other modality, so it cannot give plain scores for same-modality search; "
+                        "rebuild it with `emit index build ... --hubness none` (or correct only the other "
+                        "index: text_to_image corrects just the images, image_to_text just the texts)")
     value = 1.0 if (metric == "ip" and corrected) else 0.0
     return np.hstack([q, np.full((q.shape[0], 1), value, dtype=np.float32)])
 
@@ -220,11 +229,12 @@ class HubnessBank:
                 meta = fh.metadata() or {}
                 images, texts = fh.get_tensor("images"), fh.get_tensor("texts")
         except Exception as exc:  # safetensors raises its own error types
-            raise EmitError(f"{path}: cannot read the hubness bank ({exc}); "
-                            "rerun `emit retrieval train`") from exc
+            raise EmitError(f"{path}: cannot read the hubness bank ({exc}); rerun the same "
+                            "`emit retrieval train` command to write it again") from exc
         if meta.get("model_sha256") != _identity_sha(model):
             raise EmitError(f"{path}: the bank belongs to another model than {run}'s (the folder mixes two "
-                            "runs); rerun `emit retrieval train` to write it again")
+                            "runs); rerun the same `emit retrieval train` command to write it again "
+                            "(a finished run is not trained again)")
         return cls(images, texts, meta["model_sha256"], meta.get("source", cls.source))
 
 

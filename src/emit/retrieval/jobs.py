@@ -33,6 +33,7 @@ from emit.retrieval.hubness import (
     DEFAULT_DIRECTION,
     HubnessBank,
     bank_bias,
+    check_beta,
     corrects,
     describe,
     resolve,
@@ -169,9 +170,13 @@ def held_out_captions(model: RetrievalModel, captions: Sequence[Caption], run: P
     return kept
 
 
-def _bank(run: PathLike, model: RetrievalModel, hubness: str) -> HubnessBank | None:
-    """The run's hubness bank if ``hubness`` corrects anything (an error names the fix if it has none)."""
-    return None if resolve(hubness, model.metric) == "none" else HubnessBank.load(run, model)
+def _bank(run: PathLike, model: RetrievalModel, hubness: str, beta: float) -> HubnessBank | None:
+    """The run's hubness bank if ``hubness`` corrects anything (an error names the fix if it has
+    none); ``beta`` is checked here too, before any image is read."""
+    if resolve(hubness, model.metric) == "none":
+        return None
+    check_beta(beta)
+    return HubnessBank.load(run, model)
 
 
 def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_root: PathLike | None = None,
@@ -183,7 +188,7 @@ def evaluate_job(run: PathLike, captions: PathLike, *, fmt: str = "auto", image_
     ``hubness`` / ``beta`` correct that direction against the run's bank (:mod:`emit.retrieval.hubness`)."""
     start = time.perf_counter()
     model = RetrievalModel.load(run)
-    bank = _bank(run, model, hubness)
+    bank = _bank(run, model, hubness, beta)
     problems = ProblemLog()
     caps, _ = read_captions(captions, fmt, image_root, problems=problems)
     if not caps:
@@ -254,7 +259,10 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
         raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     model = RetrievalModel.load(run)
     hubness = resolve(hubness, model.metric)
-    bank = _bank(run, model, hubness)
+    if hubness == "image_to_text" and texts is None:
+        raise EmitError("--hubness image_to_text corrects the text index, and there is none; give "
+                        "--texts CAPTIONS, or choose text_to_image (the image index), both or none")
+    bank = _bank(run, model, hubness, beta)
     problems = ProblemLog()
     files = collect_images(images, problems)
     if not files:
@@ -384,6 +392,8 @@ class IndexSearcher:
         vector, nearest first. A hubness correction built into the index applies only across
         modalities (text -> images, image -> texts); same-modality search gets plain scores."""
         check_target(target)
+        if query_kind not in ("text", "image"):
+            raise EmitError(f"unknown query kind {query_kind!r}; use 'text' or 'image'")
         if target not in self.indexes:
             raise EmitError(f"{self.folder}: has no text index; "
                             "build it with `emit index build ... --texts CAPTIONS`")

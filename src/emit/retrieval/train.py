@@ -28,8 +28,9 @@ it and continues with the next epoch; every epoch seeds its own shuffling and dr
 resumed run ends with exactly the weights of an uninterrupted one. When training ends the best
 model is saved with its hubness bank (:mod:`emit.retrieval.hubness`; ``retrieval.json`` last,
 marking a complete model) and the checkpoint removed; rerunning a finished run with the same
-settings and data just loads it (and writes its bank if an older emit did not). ``training.png``
-shows the loss and validation curves (redrawn during training at most every 30 s, and at the end).
+settings and data just loads it (and writes its bank again if it is missing, unreadable or another
+model's). ``training.png`` shows the loss and validation curves (redrawn during training at most
+every 30 s, and at the end).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from emit.retrieval.encoders import (
     save_text_encoder,
 )
 from emit.retrieval.evaluate import text_groups
-from emit.retrieval.hubness import BANK_FILE, build_bank
+from emit.retrieval.hubness import BANK_FILE, HubnessBank, build_bank
 from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
 from emit.retrieval.mining import ENGLISH_STOPWORDS, mine_negatives
 from emit.split import in_validation
@@ -522,7 +523,7 @@ def train_retrieval(
             raise EmitError(f"{out_dir}: already holds a model trained with other settings or data; "
                             "choose another output folder or delete this one")
         log.info("%s: already trained; loading it", out_dir)
-        if not (out_dir / BANK_FILE).is_file():  # trained by an older emit: add what it lacks
+        if not _bank_usable(out_dir, done):  # older emit, or a missing / unreadable / foreign bank
             write_bank(done, x_raw, tasks, out_dir)
         return done
 
@@ -639,6 +640,19 @@ def train_retrieval(
         _write_curves(history, best["epoch"], out_dir / CURVES)
         ckpt.unlink(missing_ok=True)  # type: ignore[union-attr]
     return model
+
+
+def _bank_usable(folder: Path, model: RetrievalModel) -> bool:
+    """Does ``folder`` hold a readable hubness bank written for ``model``?"""
+    if not (folder / BANK_FILE).is_file():
+        return False
+    try:
+        HubnessBank.load(folder, model)
+    except EmitError as exc:
+        log.warning("%s: its hubness bank is unreadable or another model's; writing it again", folder)
+        log.debug("%s", exc)
+        return False
+    return True
 
 
 def write_bank(model: RetrievalModel, features: np.ndarray, tasks: Mapping[str, Pairs], out: Path) -> Path:
