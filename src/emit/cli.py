@@ -250,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmitError as exc:
         log.error("%s", exc)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`emit search ... | head`): not worth a traceback. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted; outputs written so far are complete (writes are atomic) and "
                   "cached features are kept, so rerunning resumes")

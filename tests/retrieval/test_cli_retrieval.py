@@ -303,3 +303,27 @@ def test_rank_refuses_an_unknown_query_kind(cosine_run) -> None:
     query = searcher.model.text_vectors(["a red circle"])
     with pytest.raises(EmitError, match="unknown query kind"):
         searcher.rank(query, 3, "images", "images")  # a typo would have silently dropped the correction
+
+
+def test_both_without_texts_records_only_the_image_correction(cosine_run, data, trained, tmp_path) -> None:
+    from emit.retrieval.jobs import build_index_job
+
+    summary = build_index_job(cosine_run["run"], [data["images"]], tmp_path / "i", hubness="both",
+                              cache_dir=trained["cache"], progress=False)
+    assert summary["texts"] == 0
+    assert summary["hubness"]["direction"] == "text_to_image"  # there is no text index to correct
+
+
+def test_a_closed_pipe_ends_quietly(trained, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    # the reader leaves after the first line, as `emit search ... | head -1` does
+    code = ("import sys\nfrom emit.cli import main\n"
+            f"sys.exit(main(['search', {str(trained['idx'])!r}, 'a red circle', '--top', '20', '-q']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # nobody reads: the first write fails with a broken pipe
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err
+    assert proc.returncode == 1

@@ -262,6 +262,8 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
     if hubness == "image_to_text" and texts is None:
         raise EmitError("--hubness image_to_text corrects the text index, and there is none; give "
                         "--texts CAPTIONS, or choose text_to_image (the image index), both or none")
+    if hubness == "both" and texts is None:
+        hubness = "text_to_image"  # no text index to correct: record only what is corrected
     bank = _bank(run, model, hubness, beta)
     problems = ProblemLog()
     files = collect_images(images, problems)
@@ -405,6 +407,8 @@ class IndexSearcher:
         order = "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)"
         hub = index.params.get("hubness") if across else None
         if hub is not None:
+            if not index.higher_is_better:  # the folded bias is part of every distance
+                order = "lower is nearer (squared distance plus the hubness bias; may be negative)"
             order += f"; hubness-corrected (beta {hub.get('beta')})"
         return {"target": target, "metric": index.metric, "order": order, "results": results}
 
