@@ -87,6 +87,13 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 EVAL_KEYS = ("hubness", "hubness_beta", "model_row", "test_hflip")
 
 
+def train_seconds(row: dict[str, Any]) -> str:
+    """A row's training time for a table, or "(its model)" for a row that reuses another's."""
+    if "model_row" in row["settings"]:
+        return "(its model)"  # the model of the row it extends, loaded, not trained again
+    return f"{row['train_seconds']:.0f}"
+
+
 def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: Path,
                        eval_tasks: list[str] | None = None) -> dict[str, Any]:
     """Train ``RetrievalConfig(**settings)`` on the training images (early stopping on emit's

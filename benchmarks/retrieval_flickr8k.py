@@ -36,7 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from retrieval_common import Bench, Task, hold_out, run_benchmark, side, summarise, train_and_evaluate
+from retrieval_common import (
+    Bench,
+    Task,
+    hold_out,
+    run_benchmark,
+    side,
+    summarise,
+    train_and_evaluate,
+    train_seconds,
+)
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/flickr8k"
 N_TEST = 1000
@@ -184,11 +193,6 @@ def table(results: dict[str, Any]) -> str:
                      f"{r.get('best_epoch', '–')} | {train_seconds(r)} |")
     return "\n".join(lines) + "\n"
 
-
-def train_seconds(row: dict[str, Any]) -> str:
-    if "model_row" in row["settings"]:
-        return "(its model)"  # the model of the row it extends, loaded, not trained again
-    return f"{row['train_seconds']:.0f}"
 
 
 def runner(args: argparse.Namespace) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
