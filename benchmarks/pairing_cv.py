@@ -12,7 +12,6 @@ show the spread between splits of this size.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ FOLDS = 5
 
 def fold_of(product_id: str, folds: int = FOLDS, seed: int = 0) -> int:
     """The fifth of emit.split's hash range the product falls in (fold 0 = validation at 0.2)."""
-    digest = hashlib.sha256(f"{seed}:{product_id}".encode()).digest()
-    return min(int(int.from_bytes(digest[:8], "big") / 2**64 * folds), folds - 1)
+    from emit.split import hash_fraction
+
+    return min(int(hash_fraction(product_id, seed) * folds), folds - 1)
 
 
 def main() -> None:

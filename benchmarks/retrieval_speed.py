@@ -49,7 +49,7 @@ def main() -> None:
     from emit.data.captions import image_indices, read_captions, read_flickr8k
     from emit.files import atomic_write_json
     from emit.retrieval.config import RetrievalConfig
-    from emit.retrieval.hubness import DEFAULT_BETA, bank_bias, build_bank, describe
+    from emit.retrieval.hubness import DEFAULT_BETA, build_bank, index_correction
     from emit.retrieval.index import build_index, recall_against_exact
     from emit.retrieval.jobs import IndexSearcher
     from emit.retrieval.train import Pairs, train_retrieval
@@ -74,17 +74,16 @@ def main() -> None:
                             config, backbone=backbone.identity, progress=False)
     texts = list(dict.fromkeys(c.text for c in queries))[:args.warmup + args.queries]
     vectors = model.image_vectors(feats)
-    # emit's default for a cosine model: images corrected against a bank of training texts
+    # emit's default for a cosine model ('both'): images corrected against a bank of training texts
     bank = build_bank(model, feats, np.arange(len(paths)), [c.text for c in titles + queries])
-    bias = bank_bias(vectors, bank.texts, beta=DEFAULT_BETA, metric=model.metric)
-    hubness = describe(bank, "both", DEFAULT_BETA)  # what `emit index build` records by default
+    correction = index_correction(vectors, "images", bank, "both", beta=DEFAULT_BETA, metric=model.metric)
     ids = [str(p) for p in paths]
     results: dict[str, Any] = {"images": len(paths), "queries": len(texts) - args.warmup,
                                "threads": args.threads, "config": to_dict(config), "kinds": {}}
     with tempfile.TemporaryDirectory() as work:
         for kind in ("exact", "ivf", "hnsw"):
             index = build_index(vectors, ids, kind, model.metric, backbone=backbone.identity,
-                                encoder=model.identity(), bias=bias, hubness=hubness)
+                                encoder=model.identity(), **correction)
             folder = Path(work) / kind
             index.save(folder)
             model.save(folder / "model")

@@ -11,9 +11,14 @@ import hashlib
 from collections.abc import Iterable
 
 
-def in_validation(product_id: str, fraction: float, seed: int = 0) -> bool:
+def hash_fraction(product_id: str, seed: int = 0) -> float:
+    """A fixed point in [0, 1) for (seed, product id): the split's coordinate of the product."""
     digest = hashlib.sha256(f"{seed}:{product_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def in_validation(product_id: str, fraction: float, seed: int = 0) -> bool:
+    return hash_fraction(product_id, seed) < fraction
 
 
 def split_ids(ids: Iterable[str], fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -268,6 +268,17 @@ def biases(text: Any, image: Any, bank: HubnessBank | None, direction: str, *, b
     return text_bias, image_bias
 
 
+def index_correction(vectors: Any, target: str, bank: HubnessBank | None, direction: str, *,
+                     beta: float = DEFAULT_BETA, metric: str = "ip") -> dict[str, Any]:
+    """The ``build_index`` arguments (``bias``, ``hubness``) that fold the correction of
+    (resolved) ``direction`` into an index of ``target`` ('images' or 'texts') ``vectors``;
+    empty if it corrects nothing there."""
+    if bank is None or not corrects(direction, target):
+        return {}
+    return {"bias": bank_bias(vectors, bank.for_target(target), beta=beta, metric=metric),
+            "hubness": describe(bank, direction, beta)}
+
+
 def describe(bank: HubnessBank | None, direction: str, beta: float) -> dict[str, Any]:
     """What a report or index records about the (resolved) correction it used."""
     if direction in ("none", "auto") or bank is None:

@@ -32,10 +32,9 @@ from emit.retrieval.hubness import (
     DEFAULT_BETA,
     DEFAULT_DIRECTION,
     HubnessBank,
-    bank_bias,
     check_beta,
-    corrects,
     describe,
+    index_correction,
     resolve,
 )
 from emit.retrieval.index import KINDS, SearchIndex, build_index, load_index
@@ -275,17 +274,10 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
         raise EmitError("none of the images could be read; see the problems above")
     ids = [str(f) for f, good in zip(files, ok, strict=True) if good]
     identity = model.identity()
-
-    def corrected(vectors: np.ndarray, target: str) -> dict[str, Any]:
-        """build_index arguments that fold the hubness bias of ``target`` rows in, if asked."""
-        if bank is None or not corrects(hubness, target):
-            return {}
-        return {"bias": bank_bias(vectors, bank.for_target(target), beta=beta, metric=model.metric),
-                "hubness": describe(bank, hubness, beta)}
-
     image_vectors = model.image_vectors(feats[ok])
     index = build_index(image_vectors, ids, kind, model.metric, backbone=backbone.identity, encoder=identity,
-                        **corrected(image_vectors, "images"))
+                        **index_correction(image_vectors, "images", bank, hubness, beta=beta,
+                                           metric=model.metric))
     out = Path(out)
     index.save(out)
     n_texts = 0
@@ -296,7 +288,8 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
             raise EmitError(f"{texts}: no texts to index; see the problems above")
         text_vectors = model.text_vectors(distinct)
         build_index(text_vectors, distinct, "exact", model.metric, backbone=backbone.identity,
-                    encoder=identity, **corrected(text_vectors, "texts")).save(out / TEXTS_DIR)
+                    encoder=identity, **index_correction(text_vectors, "texts", bank, hubness, beta=beta,
+                                                         metric=model.metric)).save(out / TEXTS_DIR)
         n_texts = len(distinct)
     atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
                                                "texts": n_texts > 0, "images": len(ids)})
@@ -404,11 +397,14 @@ class IndexSearcher:
         scores, ids = index.search(query, top, corrected=across)
         results = [{"rank": r + 1, "id": i, "score": float(s)}
                    for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
-        order = "higher is nearer" if index.higher_is_better else "lower is nearer (squared distance)"
         hub = index.params.get("hubness") if across else None
+        if index.higher_is_better:
+            order = "higher is nearer"
+        elif hub is None:
+            order = "lower is nearer (squared distance)"
+        else:  # the folded bias is part of every distance
+            order = "lower is nearer (squared distance plus the hubness bias; may be negative)"
         if hub is not None:
-            if not index.higher_is_better:  # the folded bias is part of every distance
-                order = "lower is nearer (squared distance plus the hubness bias; may be negative)"
             order += f"; hubness-corrected (beta {hub.get('beta')})"
         return {"target": target, "metric": index.metric, "order": order, "results": results}
 
