@@ -58,16 +58,22 @@ def hold_out(bench: Bench, salt: str, *, n_images: int | None = None, fraction: 
     bench.is_test = np.array([k in chosen for k in bench.keys])
 
 
+def restrict(task: Task, images: np.ndarray) -> Task:
+    """The captions of the images where ``images`` (bool per image row) is true, their image
+    rows renumbered to count those images only."""
+    keep = np.flatnonzero(images)
+    new_row = -np.ones(len(images), dtype=np.int64)
+    new_row[keep] = np.arange(len(keep))
+    sel = np.flatnonzero(images[task.rows])
+    return Task([task.texts[i] for i in sel], new_row[task.rows[sel]],
+                None if task.categories is None else [task.categories[i] for i in sel])
+
+
 def side(bench: Bench, test: bool) -> tuple[np.ndarray, list[str], dict[str, Task]]:
     """Features, keys and tasks of the test (or training) images, rows renumbered."""
-    keep = np.flatnonzero(bench.is_test == test)
-    new_row = -np.ones(len(bench.keys), dtype=np.int64)
-    new_row[keep] = np.arange(len(keep))
-    tasks = {}
-    for name, t in bench.tasks.items():
-        sel = np.flatnonzero(bench.is_test[t.rows] == test)
-        tasks[name] = Task([t.texts[i] for i in sel], new_row[t.rows[sel]],
-                           None if t.categories is None else [t.categories[i] for i in sel])
+    images = bench.is_test == test
+    keep = np.flatnonzero(images)
+    tasks = {name: restrict(t, images) for name, t in bench.tasks.items()}
     return bench.features[keep], [bench.keys[i] for i in keep], tasks
 
 

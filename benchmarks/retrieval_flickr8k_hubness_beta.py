@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval_common import HERE, run_folder, side
+from retrieval_common import HERE, restrict, run_folder, side
 from retrieval_flickr8k import ROWS, load
 
 MODELS = ("infonce+projection", "minilm infonce+projection", "minilm infonce+projection lite0+lite2")
@@ -49,15 +49,10 @@ def inner_validation(name: str, cache_dir: Path, work: Path) -> dict[str, Any]:
                             image_keys=keys_tr, progress=False)
     bank = HubnessBank.load(folder, model)
     held = np.array([in_validation(k, config.val_fraction, config.seed) for k in keys_tr])
-    rows = np.flatnonzero(held)
-    renumber = -np.ones(len(held), dtype=np.int64)
-    renumber[rows] = np.arange(len(rows))
-    keep = held[titles.rows]
-    texts = [t for t, k in zip(titles.texts, keep, strict=True) if k]
-    of = renumber[titles.rows[keep]]
-    out: dict[str, Any] = {"images": len(rows), "captions": len(texts), "bank": bank.identity()}
+    val = restrict(titles, held)
+    out: dict[str, Any] = {"images": int(held.sum()), "captions": len(val.texts), "bank": bank.identity()}
     for beta in (None, *BETAS):
-        report = evaluate_model(model, texts, of, x_tr[rows], bank=bank,
+        report = evaluate_model(model, val.texts, val.rows, x_tr[held], bank=bank,
                                 hubness="none" if beta is None else "both", beta=beta or 1.0)
         out["none" if beta is None else f"{beta:g}"] = {
             d: {k: round(float(report[d][k]), 2) for k in ("R@1", "R@5", "R@10")} for d in DIRECTIONS}
