@@ -108,17 +108,20 @@ def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: 
     from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.evaluate import evaluate_model
     from emit.retrieval.hubness import HubnessBank
-    from emit.retrieval.train import Pairs, train_retrieval
+    from emit.retrieval.train import Pairs, is_trained, train_retrieval
 
     x_tr, keys_tr, tr = side(bench, test=False)
     x_te, _, te = side(bench, test=True)
     config = RetrievalConfig(**{k: v for k, v in settings.items() if k not in EVAL_KEYS})
     pairs = {k: Pairs(t.texts, t.rows) if k in tr else None for k, t in tr.items()}
     folder = work / run_folder(settings.get("model_row", name))
+    trained_before = is_trained(folder)
     start = time.perf_counter()
     model = train_retrieval(x_tr, pairs.get("titles"), pairs.get("clicks"), config,
                             out=folder, image_keys=keys_tr, progress=False)
     seconds = time.perf_counter() - start
+    if trained_before:  # loaded, not trained here: the epochs' own log gives the training time
+        seconds = sum(float(r["seconds"]) for r in model.info["history"])
     hubness = {"hubness": settings.get("hubness", "none"), "beta": settings.get("hubness_beta", 1.0)}
     bank = HubnessBank.load(folder, model) if hubness["hubness"] != "none" else None
     result: dict[str, Any] = {"settings": settings, "train_seconds": round(seconds, 1),

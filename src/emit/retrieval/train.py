@@ -156,6 +156,17 @@ def build_encoder(config: RetrievalConfig, texts: Sequence[str], out_dim: int,
 # --------------------------------------------------------------------------- the model
 
 
+def scheduled_lr(config: RetrievalConfig, step: int, total: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total``.
+
+    Computed from the step alone, not kept in a scheduler, so a resumed run (or one given more
+    epochs) continues on the curve of its current configuration.
+    """
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return config.lr
+
+
 def _normalise_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -576,7 +587,9 @@ def train_retrieval(
         total = 0.0
         bar = tqdm(range(n_steps), disable=not progress, desc=f"retrieval epoch {epoch + 1}/{config.epochs}",
                    unit="step", leave=False)
-        for _ in bar:
+        for i in bar:
+            for group in optimiser.param_groups:
+                group["lr"] = scheduled_lr(config, epoch * n_steps + i, config.epochs * n_steps)
             losses = []
             for t in run:
                 idx = batches[t.name].next()
