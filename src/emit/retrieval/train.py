@@ -24,13 +24,14 @@ measured on them and the epoch with the best mean of R@1, R@5 and R@10 (over tas
 
 With ``out=`` the run is resumable: after every epoch the encoder, projection, optimiser state,
 history and best weights are written atomically to ``checkpoint.pt``. A rerun after a kill loads
-it and continues with the next epoch; every epoch seeds its own shuffling and dropout, so the
-resumed run ends with exactly the weights of an uninterrupted one. When training ends the best
-model is saved with its hubness bank (:mod:`emit.retrieval.hubness`; ``retrieval.json`` last,
-marking a complete model) and the checkpoint removed; rerunning a finished run with the same
-settings and data just loads it (and writes its bank again if it is missing, unreadable or another
-model's). ``training.png`` shows the loss and validation curves (redrawn during training at most
-every 30 s, and at the end).
+it and continues with the next epoch; every epoch seeds its own shuffling and dropout, and the
+learning rate is a function of the step, so the resumed run ends with exactly the weights of an
+uninterrupted one. It may be given more epochs, except with ``lr_schedule='cosine'``.
+When training ends the best model is saved with its hubness bank
+(:mod:`emit.retrieval.hubness`; ``retrieval.json`` last, marking a complete model) and the
+checkpoint removed; rerunning a finished run with the same settings and data just loads it (and
+writes its bank again if it is missing, unreadable or another model's). ``training.png`` shows
+the loss and validation curves (redrawn during training at most every 30 s, and at the end).
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ def build_encoder(config: RetrievalConfig, texts: Sequence[str], out_dim: int,
 def scheduled_lr(config: RetrievalConfig, step: int, total: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based) of ``total``.
 
-    Computed from the step alone, not kept in a scheduler, so a resumed run (or one given more
-    epochs) continues on the curve of its current configuration.
+    Computed from the step alone, not kept in a scheduler, so a resumed run continues on the
+    same curve. (A cosine run cannot be resumed with another epoch count: see ``_comparable``.)
     """
     if config.lr_schedule == "cosine":
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
@@ -469,8 +470,9 @@ def _state(module: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
 
 
 def _comparable(config: RetrievalConfig) -> dict[str, Any]:
-    """The settings a checkpoint must share with the rerun (more epochs may be asked for)."""
-    return {k: v for k, v in to_dict(config).items() if k != "epochs"}
+    """The settings a checkpoint must share with the rerun. More epochs may be asked for, except
+    with the cosine schedule, whose curve is laid over the epoch count."""
+    return {k: v for k, v in to_dict(config).items() if k != "epochs" or config.lr_schedule == "cosine"}
 
 
 def train_retrieval(
@@ -697,8 +699,10 @@ def _resume(path: Path, config: RetrievalConfig, encoder: TextEncoder, projectio
     if state.get("format") != FORMAT_VERSION:
         raise EmitError(f"{path}: checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}; "
                         "delete it")
-    if state.get("config") != _comparable(config):
-        saved, now = state.get("config") or {}, _comparable(config)
+    # Settings added since the checkpoint was made take their defaults, as in a saved model.
+    saved = _comparable(from_dict(RetrievalConfig, state.get("config") or {}))
+    now = _comparable(config)
+    if saved != now:
         # name the checkpoint's values: the defaults may have changed since it was made
         diff = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
                          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
