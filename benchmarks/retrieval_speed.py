@@ -13,6 +13,10 @@ For each index kind (exact, ivf, hnsw) it reports the median and p95 latency ove
 kinds, recall@10 against exact search.
 
     python benchmarks/retrieval_speed.py          # -> results/retrieval_speed.json
+    python benchmarks/retrieval_speed.py --encoder minilm+e5   # -> results/retrieval_speed_minilm+e5.json
+
+With a sentence-model encoder each timed query also runs the frozen sentence model(s): the
+searcher is opened from the saved model, so no query's embedding is cached from training.
 """
 
 from __future__ import annotations
@@ -39,8 +43,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_speed.json")
+    ap.add_argument("--encoder", default="lstm", help="text encoder of the timed model")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: results/retrieval_speed.json (lstm) or retrieval_speed_<encoder>.json")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.encoder == "lstm" else f"_{args.encoder}"
+        args.out = HERE / "results" / f"retrieval_speed{suffix}.json"
 
     import faiss
     import torch
@@ -69,7 +78,7 @@ def main() -> None:
     feats, paths = feats[ok], [p for p, good in zip(paths, ok, strict=True) if good]
     row = {str(p): i for i, p in enumerate(paths)}
 
-    config = RetrievalConfig(epochs=args.epochs, val_fraction=0.0)
+    config = RetrievalConfig(epochs=args.epochs, val_fraction=0.0, encoder=args.encoder)
     model = train_retrieval(feats, Pairs.from_captions(titles, row), Pairs.from_captions(queries, row),
                             config, backbone=backbone.identity, progress=False)
     texts = list(dict.fromkeys(c.text for c in queries))[:args.warmup + args.queries]
