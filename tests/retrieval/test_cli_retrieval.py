@@ -265,6 +265,9 @@ def test_evaluate_with_and_without_hubness_and_a_run_without_a_bank(cosine_run, 
 def test_a_foreign_or_unreadable_bank_is_written_again_by_the_named_fix(cosine_run, data, trained,
                                                                        tmp_path) -> None:
     """The errors say to rerun `emit retrieval train`; that rerun must replace a bad bank, not keep it."""
+    from safetensors.numpy import load as load_st
+    from safetensors.numpy import save as save_st
+
     from emit.retrieval.hubness import BANK_FILE, HubnessBank
     from emit.retrieval.train import RetrievalModel
 
@@ -272,7 +275,10 @@ def test_a_foreign_or_unreadable_bank_is_written_again_by_the_named_fix(cosine_r
     saved = HubnessBank.load(cosine_run["run"], model).identity()
     bank_file = cosine_run["run"] / BANK_FILE
     other = HubnessBank(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), "0" * 64)
-    for bad in (other.save(tmp_path).read_bytes(), b"not a safetensors file"):
+    # this model's own bank, as a future emit with another file format would write it
+    future = save_st(load_st(bank_file.read_bytes()),
+                     metadata={"format": "99", "model_sha256": saved["model_sha256"]})
+    for bad in (other.save(tmp_path).read_bytes(), b"not a safetensors file", future):
         bank_file.write_bytes(bad)
         with pytest.raises(EmitError, match="rerun the same `emit retrieval train`"):
             run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"],

@@ -231,6 +231,10 @@ class HubnessBank:
         except Exception as exc:  # safetensors raises its own error types
             raise EmitError(f"{path}: cannot read the hubness bank ({exc}); rerun the same "
                             "`emit retrieval train` command to write it again") from exc
+        if meta.get("format") != BANK_FORMAT:
+            raise EmitError(f"{path}: hubness bank format {meta.get('format')!r}, but this emit reads "
+                            f"{BANK_FORMAT!r}; rerun the same `emit retrieval train` command to write it "
+                            "again (a finished run is not trained again)")
         if meta.get("model_sha256") != _identity_sha(model):
             raise EmitError(f"{path}: the bank belongs to another model than {run}'s (the folder mixes two "
                             "runs); rerun the same `emit retrieval train` command to write it again "
