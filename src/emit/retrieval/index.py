@@ -181,19 +181,26 @@ class SearchIndex:
             ivf.make_direct_map()
         return np.asarray(self.index.reconstruct_n(0, len(self)), dtype=np.float32)
 
+    def stored(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(vectors, bias)`` from one read of the stored rows: the vectors without the
+        hubness coordinate (exact for Flat storage, approximations for compressed indexes), and
+        each row's hubness bias read back from that coordinate (None if the index has none)."""
+        rows = self._rows()
+        vectors = rows[:, :self.query_dim]
+        if not self.corrected:
+            return vectors, None
+        last = rows[:, -1].astype(np.float64)
+        if self.metric == "ip":
+            return vectors, -last
+        return vectors, last ** 2 - float(self.params["hubness"].get("shift", 0.0))
+
     def vectors(self) -> np.ndarray:
-        """The stored vectors (exact for Flat storage, approximations for compressed indexes),
-        without the hubness coordinate."""
-        return self._rows()[:, :self.query_dim]
+        """The stored vectors, without the hubness coordinate (see :meth:`stored`)."""
+        return self.stored()[0]
 
     def bias(self) -> np.ndarray | None:
-        """The hubness bias of each row, read back from its extra coordinate (None if none)."""
-        if not self.corrected:
-            return None
-        last = self._rows()[:, -1].astype(np.float64)
-        if self.metric == "ip":
-            return -last
-        return last ** 2 - float(self.params["hubness"].get("shift", 0.0))
+        """The hubness bias of each row, or None (see :meth:`stored`)."""
+        return self.stored()[1]
 
     # ---- persistence ------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -338,11 +345,11 @@ def recall_against_exact(index: SearchIndex, queries: Any, k: int, vectors: Any 
     from the index's stored vectors (exact for Flat storage; for compressed indexes such as PQ
     pass the original vectors).
     """
-    x = index.vectors() if vectors is None else _as_matrix(vectors, "vectors", index.query_dim)
+    stored, bias = index.stored()  # one read of the rows gives both
+    x = stored if vectors is None else _as_matrix(vectors, "vectors", index.query_dim)
     if x.shape[0] != len(index):
         raise EmitError(f"{x.shape[0]} vectors given for an index of {len(index)}")
-    exact = build_index(x, index.ids, "exact", index.metric, bias=index.bias(),
-                        hubness=index.params.get("hubness"))
+    exact = build_index(x, index.ids, "exact", index.metric, bias=bias, hubness=index.params.get("hubness"))
     _, truth = exact.search_positions(queries, k)
     _, found = index.search_positions(queries, k)
     if truth.shape[0] == 0:

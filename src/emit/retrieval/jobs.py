@@ -414,9 +414,9 @@ class IndexSearcher:
         check_query(text, image)
         check_target(target)
         query = self.query_vectors(text, image=image, cache_dir=cache_dir)
-        ranked = self.rank(query, top, target, "text" if text is not None else "image")
-        return {"query": text if text is not None else str(image),
-                "kind": "text" if text is not None else "image", **ranked,
+        kind = "text" if text is not None else "image"
+        ranked = self.rank(query, top, target, kind)
+        return {"query": text if text is not None else str(image), "kind": kind, **ranked,
                 "seconds": round(time.perf_counter() - start, 3)}
 
 
