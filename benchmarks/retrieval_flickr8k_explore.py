@@ -15,8 +15,8 @@ printed as well, with and without the hubness correction (bank: the fitting imag
     python benchmarks/retrieval_flickr8k_explore.py --cache-dir /tmp/exp/rcache --text minilm+e5 \
         --lr 5e-4 --cosine --epochs 6
 
-The first run embeds the 30,000 captions with each sentence model into --cache-dir (e5 is slow:
-about 15 minutes on one busy thread). --seeds 0,1,2 averages the seeds' cosine scores (an ensemble).
+The first run embeds the 30,000 captions with each sentence model into --cache-dir (e5 is the
+slow one: many minutes on one thread). --seeds 0,1,2 averages the seeds' cosine scores (an ensemble).
 """
 
 from __future__ import annotations
