@@ -221,3 +221,107 @@ def test_corrupt_image_is_skipped_and_features_come_from_the_cache(env, predicte
 def count_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+
+
+# ---- a missing image, deeply nested JSON --------------------------------------------------
+
+
+def run_cli(argv: list[str]) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return main([*argv, "-q", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_missing_images_keep_their_place_in_final_json(env, predicted, capsys):
+    # README: a missing image gets "" in final_json.json; before the fix its entry vanished
+    data = env["root"] / "input-missing"
+    shutil.copytree(env["input"], data)
+    profiles = input_profiles(data)
+    pid = next(p for p, prof in profiles.items() if len(prof["imgs_tags"]) >= 3)
+    gone = next(iter(profiles[pid]["imgs_tags"][1]))
+    (data / pid / gone).unlink()
+    empty = next(p for p in profiles if p != pid)  # a product none of whose images is left
+    for entry in profiles[empty]["imgs_tags"]:
+        (data / empty / next(iter(entry))).unlink()
+
+    out = env["root"] / "final-missing.json"
+    capsys.readouterr()
+    assert run_cli(["pair", "predict", str(env["model"]), str(data), "--out", str(out),
+                    "--cache-dir", str(env["cache"])]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lost = 1 + len(profiles[empty]["imgs_tags"])
+    assert summary["unassigned_images"] == lost
+    assert summary["images"] == sum(len(p["imgs_tags"]) for p in profiles.values())
+
+    first = read_json(predicted["final"])
+    for path in (out, pairing_jobs.baseline_path(out)):
+        final = read_json(path)
+        assert list(final) == list(profiles)  # every product, in input order
+        for p, profile in profiles.items():  # every image, in input order
+            assert [next(iter(e)) for e in final[p]["imgs_tags"]] == [
+                next(iter(e)) for e in profile["imgs_tags"]]
+        assert tags_by_image(final[pid])[gone] == ""
+        assert set(tags_by_image(final[empty]).values()) == {""}
+    final = read_json(out)
+    assert all(t in profiles[pid]["optional_tags"] for n, t in tags_by_image(final[pid]).items() if n != gone)
+    for p in profiles:
+        if p not in (pid, empty):
+            assert final[p] == first[p]
+    problems = read_json(out.with_suffix(".problems.json"))
+    assert len(problems) == lost
+    assert any(gone in pr["record"] and 'gets ""' in pr["what"] and pr["fix"] for pr in problems)
+
+
+def deep_profile(path: Path) -> None:
+    path.write_text("[" * 1000 + "]" * 1000, encoding="utf-8")  # RecursionError before the fix
+
+
+def test_deeply_nested_profiles_are_reported_and_skipped(env, predicted):
+    # predict: the bad product is reported; every other product is predicted as before
+    data = env["root"] / "input-deep"
+    shutil.copytree(env["input"], data)
+    bad = sorted(p.name for p in data.iterdir())[0]
+    deep_profile(data / bad / "profile.json")
+    out = env["root"] / "final-deep.json"
+    assert run_cli(["pair", "predict", str(env["model"]), str(data), "--out", str(out),
+                    "--cache-dir", str(env["cache"])]) == 0
+    final, first = read_json(out), read_json(predicted["final"])
+    assert final == {p: first[p] for p in first if p != bad}
+    (problem,) = read_json(out.with_suffix(".problems.json"))
+    assert problem["where"] == str(data / bad / "profile.json") and problem["record"] == bad
+    assert "nested deeper than Python's parser allows" in problem["what"] and problem["fix"]
+
+    # evaluate: a bad truth profile is reported in the report, the rest is scored
+    truth = env["root"] / "truth-deep"
+    shutil.copytree(env["truth"], truth)
+    deep_profile(truth / bad / "profile.json")
+    assert run_cli(["pair", "evaluate", str(predicted["final"]), str(truth),
+                    "--out", str(env["root"] / "deep_report")]) == 0
+    report = read_json(env["root"] / "deep_report.json")
+    assert report["products"] == 11
+    assert any(pr["record"] == bad and "nested deeper" in pr["what"] for pr in report["problems"])
+
+    # train: the bad product is reported in train_problems.json, the model is written
+    train = env["root"] / "train-deep"
+    shutil.copytree(env["train"], train)
+    bad_train = sorted(p.name for p in train.iterdir())[0]
+    deep_profile(train / bad_train / "profile.json")
+    model = env["root"] / "model-deep"
+    chosen = [] if env["backbone"] == PairingConfig().backbone else ["--backbone", env["backbone"]]
+    assert run_cli(["pair", "train", str(train), "--out", str(model), "--cache-dir", str(env["cache"]),
+                    "--max-epochs", "2", "--bag-size", "1", *chosen]) == 0
+    problems = read_json(model / "train_problems.json")
+    assert [(pr["record"], "nested deeper" in pr["what"]) for pr in problems] == [(bad_train, True)]
+
+
+def test_a_deeply_nested_combined_file_is_one_clear_error(env, tmp_path, caplog):
+    combined = tmp_path / "test_all.json"
+    combined.write_text('{"1": ' + "[" * 1000 + "]" * 1000 + "}", encoding="utf-8")
+    with caplog.at_level("ERROR", logger="emit"):
+        code = run_cli(["pair", "predict", str(env["model"]), str(combined),
+                        "--out", str(tmp_path / "f.json"), "--cache-dir", str(env["cache"])])
+    assert code == 2  # an EmitError naming the file, not a traceback
+    assert str(combined) in caplog.text and "nested deeper than Python's parser allows" in caplog.text
+    assert not (tmp_path / "f.json").exists()

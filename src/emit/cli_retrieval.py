@@ -70,6 +70,18 @@ _SWITCHES = {
 }
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1. Checked here, so the error names the
+    flag the user typed (``argument --top: ...``), not a parameter inside the library."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     defaults = RetrievalConfig()
     for name, (kind, help_text, choices) in _FLAGS.items():
@@ -204,7 +216,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("index", help="index folder from `emit index build`")
     s.add_argument("text", nargs="?", default=None, help="text query (omit with --image)")
     s.add_argument("--image", default=None, help="image query file")
-    s.add_argument("--top", type=int, default=10, help="number of results")
+    s.add_argument("--top", type=positive_int, default=10, help="number of results (at least 1)")
     s.add_argument("--target", default="images", choices=["images", "texts"],
                    help="search images, or the texts indexed with --texts")
     s.add_argument("--model", default=None, help="run folder (if not given: the one that built the index)")

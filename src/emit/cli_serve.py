@@ -23,7 +23,8 @@ _FLAGS: dict[str, str] = {
                      "(EMIT_PRODUCTS_ROOT)",
     "export_dir": "where reviewed final_json.json files go (EMIT_EXPORT_DIR; default: ./emit-exports)",
     "cache_dir": "feature cache (EMIT_CACHE_DIR; default: ~/.cache/emit/features)",
-    "host": "address to listen on (EMIT_HOST; default: 127.0.0.1, this machine only)",
+    "host": "address to listen on (EMIT_HOST; default: 127.0.0.1, this machine only); any other address "
+            "needs --api-token, or --insecure-no-token",
     "port": "port (EMIT_PORT; default: 8000)",
     "log_level": "critical, error, warning, info or debug (EMIT_LOG_LEVEL; default: info)",
     "shutdown_timeout": "seconds requests in flight get to finish on SIGTERM (EMIT_SHUTDOWN_TIMEOUT; "
@@ -31,6 +32,13 @@ _FLAGS: dict[str, str] = {
     "max_upload_mb": "largest request body in MB (EMIT_MAX_UPLOAD_MB; default: 20)",
     "max_images": "most images in one upload (EMIT_MAX_IMAGES; default: 32)",
     "max_top_k": "most results of one search (EMIT_MAX_TOP_K; default: 100)",
+    "api_token": "a token every API call must send as 'Authorization: Bearer TOKEN' (all but /health and "
+                 "the static pages); prefer the variable EMIT_API_TOKEN, which other users cannot see in ps",
+}
+# on/off flags: given means on; the variable takes 1/0, true/false, yes/no
+_SWITCHES: dict[str, str] = {
+    "insecure_no_token": "serve a non-loopback --host without a token, e.g. behind a proxy that checks "
+                         "access itself (EMIT_INSECURE_NO_TOKEN=1)",
 }
 
 
@@ -45,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from emit.serve.app import run
     from emit.serve.settings import ServeSettings
 
-    flags = {name: getattr(args, name) for name in _FLAGS}
+    flags = {name: getattr(args, name) for name in (*_FLAGS, *_SWITCHES)}
     if args.verbose and flags["log_level"] is None:
         flags["log_level"] = "debug"
     return run(ServeSettings.from_env(**flags))
@@ -60,4 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "override EMIT_* environment variables.")
     for name, help_text in _FLAGS.items():
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text)
+    for name, help_text in _SWITCHES.items():
+        s.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const", const="1",
+                       default=None, help=help_text)
     s.set_defaults(func=cmd_serve)

@@ -183,6 +183,56 @@ def test_missing_image_file_is_skipped(tmp_path: Path, layout: str) -> None:
     find_problem(problems, where("201"), "201", "none of its images exist")
 
 
+TO_PREDICT = {"optional_tags": ["黑色", "白色"],
+              "imgs_tags": [{"200_0.jpg": ""}, {"200_1.jpg": ""}, {"200_2.jpg": ""}]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_missing_image_in_data_to_predict_stays_in_order(tmp_path: Path, layout: str) -> None:
+    # README: a missing image gets "" in final_json.json; it must not vanish from imgs_tags
+    gone = {"optional_tags": ["黑色"], "imgs_tags": [{"201_0.jpg": ""}]}
+    path, where = build(tmp_path, layout, {GOOD_PID: GOOD, "200": TO_PREDICT, "201": gone},
+                        images={"200": ["200_0.jpg", "200_2.jpg"], "201": []})
+    products, problems = read_products(path)
+    assert_good_product_read(products)  # labelled: nothing missing, nothing marked
+    by_id = {p.product_id: p for p in products}
+    assert by_id["200"].images == ["200_0.jpg", "200_1.jpg", "200_2.jpg"]
+    assert by_id["200"].missing == {"200_1.jpg"} and by_id[GOOD_PID].missing == set()
+    assert by_id["201"].images == ["201_0.jpg"] and by_id["201"].missing == {"201_0.jpg"}
+    find_problem(problems, where("200"), "200", "200_1.jpg", "not found", 'gets ""')
+    find_problem(problems, where("201"), "201", "201_0.jpg", "not found", 'gets ""')
+
+    out = tmp_path / "final_json.json"
+    write_final_json(out, products, {"200": ["黑色", None, "白色"], "201": [None]})
+    final = json.loads(out.read_text("utf-8"))
+    assert list(final) == [GOOD_PID, "200", "201"]
+    assert final["200"]["imgs_tags"] == [{"200_0.jpg": "黑色"}, {"200_1.jpg": ""}, {"200_2.jpg": "白色"}]
+    assert final["201"]["imgs_tags"] == [{"201_0.jpg": ""}]
+
+
+def test_keep_missing_overrides_the_default(tmp_path: Path) -> None:
+    labelled = {"optional_tags": ["黑色", "白色"],
+                "imgs_tags": [{"300_0.jpg": "黑色"}, {"300_1.jpg": "白色"}]}
+    path, _ = build(tmp_path, "folder", {"200": TO_PREDICT, "300": labelled},
+                    images={"200": ["200_0.jpg"], "300": ["300_0.jpg"]})
+    kept, _ = read_products(path, keep_missing=True)
+    assert [(p.images, p.missing) for p in kept] == [
+        (["200_0.jpg", "200_1.jpg", "200_2.jpg"], {"200_1.jpg", "200_2.jpg"}),
+        (["300_0.jpg", "300_1.jpg"], {"300_1.jpg"})]
+    dropped, problems = read_products(path, keep_missing=False)
+    assert [(p.images, p.missing) for p in dropped] == [(["200_0.jpg"], set()), (["300_0.jpg"], set())]
+    assert all("image skipped" in p.what for p in problems)
+
+
+def test_data_to_predict_without_any_image_is_an_error(tmp_path: Path) -> None:
+    # every image missing is a wrong image root, not a set of bad records: say so once
+    path = tmp_path / "test_all.json"
+    path.write_text(json.dumps({"200": TO_PREDICT}), "utf-8")
+    with pytest.raises(EmitError, match=r"test_all\.json: none of the 3 listed image files exist"
+                       r".*--image-root"):
+        read_products(path)
+
+
 def test_unreadable_image_is_not_the_readers_business(tmp_path: Path) -> None:
     # Decoding (and reporting undecodable files) belongs to emit.data.images; the reader
     # only checks that the file exists, so a corrupt JPEG passes here unreported.

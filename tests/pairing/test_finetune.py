@@ -6,7 +6,7 @@ import torch
 
 from emit.cli import main
 from emit.data.synthetic import make_products
-from emit.pairing.finetune import CHECKPOINT, TUNED_FILE
+from emit.pairing.finetune import CHECKPOINT, TUNED_FILE, TUNED_WORK
 
 
 def test_tune_full_model_end_to_end(tmp_path):
@@ -59,11 +59,11 @@ def test_finetune_resumes_from_checkpoint(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError):
             finetune.finetune_backbone(products, create_backbone("efficientnet-lite0"), config,
                                        out, problems=ProblemLog(), progress=False)
-    assert (out / CHECKPOINT).is_file() and not (out / TUNED_FILE).exists()
+    assert (out / CHECKPOINT).is_file() and not (out / TUNED_WORK).exists()
     per_epoch = len(steps)
     steps.clear()
     config.finetune_epochs = 2
     finetune.finetune_backbone(products, create_backbone("efficientnet-lite0"), config, out,
                                problems=ProblemLog(), progress=False)
     assert len(steps) == per_epoch, "only the second epoch runs after resuming"
-    assert (out / TUNED_FILE).is_file() and not (out / CHECKPOINT).exists()
+    assert (out / TUNED_WORK).is_file() and not (out / CHECKPOINT).exists()

@@ -198,3 +198,26 @@ def test_training_when_every_product_is_held_out(bag_size):
     with contextlib.suppress(EmitError):  # a clear error is fine; a ValueError traceback is not
         train_pairing(pf.products, config, backbone=STAND_IN, features=pf,  # type: ignore[arg-type]
                       progress=False)
+
+
+def test_images_the_reader_marked_missing_are_not_read_again(tmp_path):
+    # a missing image stays in its product (it gets "" in final_json.json), reported once by
+    # the reader; feature extraction skips it instead of failing on it a second time
+    from PIL import Image
+
+    from emit.pairing.pipeline import extract_product_features
+    from emit.problems import ProblemLog
+    from emit.vision.backbones import create_backbone
+
+    for name in ("a_0.jpg", "a_2.jpg", "b_0.jpg"):
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / name)
+    products = [Product("a", ["x", "y"], ["a_0.jpg", "a_1.jpg", "a_2.jpg"], [None] * 3, tmp_path,
+                        missing={"a_1.jpg"}),
+                Product("gone", ["x"], ["g_0.jpg"], [None], tmp_path, missing={"g_0.jpg"}),
+                Product("b", ["x"], ["b_0.jpg"], [None], tmp_path)]
+    problems = ProblemLog(echo=False)
+    pf = extract_product_features(products, create_backbone("colour-hist"), cache_dir=None,
+                                  hflip_tta=False, problems=problems, progress=False)
+    assert len(problems) == 0, problems.summary()
+    assert pf.rows == [[0, None, 1], [None], [2]]
+    assert pf.features.shape[0] == 3 and pf.groups.tolist() == [0, 0, 2]

@@ -25,6 +25,8 @@ from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.jobs import build_index_job, train_job
 from emit.serve.settings import Limits, ServeSettings
 
+API_TOKEN = "test-token-0123456789abcdef"  # what the token-protected test servers are started with
+
 
 @dataclass(frozen=True)
 class Built:

@@ -1,6 +1,8 @@
 """The pages in a real browser: Debian's chromium, headless, driven by Selenium, against the real
 server on loopback. A search, then a pairing review that changes one tag and exports; the test
-reads the exported file, and saves a screenshot of each page.
+reads the exported file, and saves a screenshot of each page. The review runs against a server
+started with --api-token (the token given once as ?token=...), and a third test types the token
+into the pages' token field after the server refused the page's calls.
 
 chromium and chromedriver are installed by scripts/install_browser.sh if missing. Without them
 (no apt, not root) the tests skip, unless EMIT_REQUIRE_BROWSER=1 (CI), where they fail.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import LiveServer
+from serve_helpers import API_TOKEN, LiveServer
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (dev extra)")
 
@@ -102,9 +104,11 @@ def test_search_page_shows_a_grid_of_thumbnails_with_scores(browser, live_server
     assert shot.stat().st_size > 10_000
 
 
-def test_review_page_changes_one_tag_and_exports(browser, live_server: LiveServer, tmp_path: Path) -> None:
-    browser.get(live_server.url + "/review")
+def test_review_page_changes_one_tag_and_exports(browser, token_server: LiveServer, tmp_path: Path) -> None:
+    live_server = token_server  # every call of the page needs the token: given once, in the address
+    browser.get(live_server.url + f"/review?token={API_TOKEN}")
     wait = WebDriverWait(browser, WAIT)
+    assert "token" not in browser.current_url  # taken out of the address bar (and the history)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#folders option"))  # the server's batches
     browser.find_element(By.ID, "folder").send_keys("batch1")
     browser.find_element(By.ID, "load-button").click()
@@ -153,3 +157,36 @@ def test_review_page_changes_one_tag_and_exports(browser, live_server: LiveServe
     wait.until(lambda d: d.find_element(By.ID, "batch-summary").text.endswith("exported"))
     back = json.loads(path.read_text(encoding="utf-8"))
     assert next(iter(back[pid]["imgs_tags"][index].values())) == proposals[(pid, index)]
+
+
+def test_pages_ask_for_the_token_and_send_it(browser, token_server: LiveServer, tmp_path: Path) -> None:
+    browser.get(token_server.url + "/")
+    browser.execute_script("sessionStorage.clear()")  # as a new visitor, who has no token yet
+    browser.get(token_server.url + "/")
+    wait = WebDriverWait(browser, WAIT)
+    form = browser.find_element(By.ID, "token-form")
+    wait.until(lambda d: form.is_displayed())  # the page's first API call was refused
+    assert "needs a token" in browser.find_element(By.ID, "token-message").text
+    browser.find_element(By.ID, "token-input").send_keys("a-wrong-token-0123456789")
+    browser.find_element(By.ID, "token-button").click()
+    wait.until(lambda d: d.find_element(By.ID, "token-form").is_displayed()
+               and "token is wrong" in d.find_element(By.ID, "token-message").text)
+    field = browser.find_element(By.ID, "token-input")
+    field.clear()
+    field.send_keys(API_TOKEN)
+    browser.find_element(By.ID, "token-button").click()
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    query = wait.until(lambda d: d.find_element(By.ID, "query"))
+    query.send_keys("a red circle")
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 12)
+    assert not browser.find_element(By.ID, "token-form").is_displayed()
+    # the thumbnails came through the API with the token (an <img> alone could not send it)
+    wait.until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
+    sources = browser.execute_script("return [...document.querySelectorAll('#results img')].map(i => i.src)")
+    assert all(src.startswith("blob:") for src in sources)
+    # without the header the server still refuses: the page, not the server, was given the token
+    fetch = "fetch('/info').then(r => arguments[arguments.length - 1](r.status))"
+    assert browser.execute_async_script(fetch) == 401
+    assert httpx.get(token_server.url + "/info").status_code == 401

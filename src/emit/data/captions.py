@@ -13,6 +13,9 @@ Formats:
   "category": "Topwear", "count": 3}``; ``category`` and ``count`` are optional.
 * CSV or TSV with a header row (:func:`read_csv`): columns ``image``, ``text`` and optionally
   ``category`` and ``count``. The delimiter is a tab if the header line has one, else a comma.
+  A quoted text may hold a line break; a quote that runs on over whole rows (an unclosed
+  quote) is reported with the line it opened on, that line is skipped and reading resumes on
+  the next one, so the rest of the file is not swallowed.
 * Flickr8k / Flickr30k tokens (:func:`read_flickr8k`): ``<image>#<k>\\t<caption>`` lines,
   optionally filtered to the images of a split file such as ``Flickr_8k.trainImages.txt``.
 * COCO captions (:func:`read_coco`): ``{"images": [{"id", "file_name"}],
@@ -32,6 +35,11 @@ normalised lexically and made absolute; that string is the caption's ``image_id`
 of one image named in two ways (``images/1.jpg`` and ``./images/1.jpg``) or in two files group
 together (:func:`group_by_image`).
 
+Any text (image name, caption, category) holding a lone surrogate -- a ``\\ud800``-style JSON
+escape without its other half, which is not Unicode and could not be written out again -- is
+reported and its record skipped. JSON is parsed by :func:`emit.files.parse_json`, so a record
+nested too deeply is one reported line (JSON lines) or one clear error (COCO, Pascal).
+
 With ``check_images=True`` (the default) a missing image file is reported once, with the
 number of captions it takes with it, and its captions are skipped. Use ``check_images=False``
 to read the text only (the Pascal images, for example, are often not at hand).
@@ -44,8 +52,6 @@ running caption number for Pascal).
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
 import os
 import re
@@ -56,12 +62,15 @@ from typing import Any
 
 import numpy as np
 
-from emit.files import read_json, read_text
+from emit.data.products import brief
+from emit.files import JSONTextError, parse_json, read_json, read_text
 from emit.problems import EmitError, ProblemLog
 
 FORMATS = ("jsonl", "csv", "flickr8k", "coco", "pascal", "clicks")
 _MISSING: Any = object()  # a field absent from the record, as opposed to null or ""
 _FLICKR_LINE = re.compile(r"^[^\t]+#\d+\t")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only a \\uXXXX escape in JSON can produce one
+_FREE_TEXT = frozenset({"text", "query", "caption", "title"})  # CSV columns a line break may be in
 
 PathLike = str | os.PathLike[str]
 
@@ -124,11 +133,19 @@ class _Collector:
         if image is _MISSING or image is None:
             self.report(record, f"missing field {image_field!r}; skipped")
             return None
+        for name, value in ((image_field, image), (text_field, text), ("category", category)):
+            found = _SURROGATE.search(value) if isinstance(value, str) else None
+            if found:
+                self.report(record, f"{name} holds a lone surrogate {found.group()!a}, which is "
+                            "not Unicode text; skipped",
+                            "fix the \\u escape: a character beyond U+FFFF needs both halves of its "
+                            "surrogate pair (e.g. \\ud83d\\ude00), or write the character itself")
+                return None
         path = resolve_image(image, self.root)
         if path is None:
             what = ("is not a string" if not isinstance(image, str)
                     else "contains a NUL byte" if "\x00" in image else "is empty")
-            self.report(record, f"image name {image!r} {what}; refused",
+            self.report(record, f"image name {brief(repr(image))} {what}; refused",
                         "give the image's file name or a path relative to the data file")
             return None
         if text is _MISSING or text is None:
@@ -154,7 +171,8 @@ class _Collector:
         if category is _MISSING or category is None:
             return None
         if isinstance(category, bool) or not isinstance(category, (str, int)):
-            self.report(record, f"category {category!r} is not a string; category dropped, caption kept",
+            self.report(record, f"category {brief(repr(category))} is not a string; category dropped, "
+                        "caption kept",
                         "write the category as a string")
             return None
         category = str(category).strip()
@@ -170,7 +188,7 @@ class _Collector:
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value) or value <= 0:
-            self.report(record, f"{field} {count!r} is not a positive number; skipped",
+            self.report(record, f"{field} {brief(repr(count))} is not a positive number; skipped",
                         f"write {field} as a positive number, or drop rows without clicks")
             return None
         return value
@@ -180,6 +198,15 @@ def _root(data_file: Path, image_root: PathLike | None) -> Path:
     return Path(image_root) if image_root is not None else data_file.parent
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but False instead of the OSError pathlib raises for a name too long
+    for the file system (ENAMETOOLONG): such a file cannot exist."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _check_images(captions: list[Caption], source: Path, problems: ProblemLog) -> list[Caption]:
     """Drop captions whose image file is missing, reporting each missing image once."""
     exists: dict[str, bool] = {}
@@ -187,21 +214,22 @@ def _check_images(captions: list[Caption], source: Path, problems: ProblemLog) -
     lost: dict[str, int] = {}
     for c in captions:
         if c.image_id not in exists:
-            exists[c.image_id] = c.image.is_file()
+            exists[c.image_id] = _is_file(c.image)
             first[c.image_id] = c
         if not exists[c.image_id]:
             lost[c.image_id] = lost.get(c.image_id, 0) + 1
     if not lost:
         return captions
     if len(lost) == len(exists):
-        example = next(iter(lost))
+        example = brief(next(iter(lost)))
         raise EmitError(
             f"{source}: none of its {len(exists)} image file(s) exist (for example {example}); "
             "pass image_root= the folder that holds them, or check_images=False to read the text only"
         )
     for image_id, k in lost.items():
         c = first[image_id]
-        problems.add(source, f"line {c.line}", f"image file {image_id} not found; its {k} caption(s) skipped",
+        problems.add(source, f"line {c.line}",
+                     f"image file {brief(image_id)} not found; its {k} caption(s) skipped",
                      "add the image file or remove its captions")
     return [c for c in captions if exists[c.image_id]]
 
@@ -218,10 +246,13 @@ def _jsonl_rows(path: Path, text: str, problems: ProblemLog, example: str) -> It
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.add(path, f"line {n}", f"malformed JSON at column {exc.colno}: {exc.msg}; line skipped",
-                         f"write one JSON object per line, such as {example}")
+            obj = parse_json(line)
+        except JSONTextError as exc:
+            if exc.reason.startswith("malformed JSON"):
+                problems.add(path, f"line {n}", f"malformed JSON at column {exc.column}: {exc.msg}; "
+                             "line skipped", f"write one JSON object per line, such as {example}")
+            else:  # nested too deep, an unreadable number: this line only
+                problems.add(path, f"line {n}", f"{exc.reason}; line skipped", exc.fix)
             continue
         if not isinstance(obj, dict):
             problems.add(path, f"line {n}", f"line is a JSON {type(obj).__name__}, not an object; skipped",
@@ -236,30 +267,80 @@ def _csv_rows(path: Path, text: str, required: Sequence[str], problems: ProblemL
     if not header_line:
         raise EmitError(f"{path}: file is empty; expected a header row such as {hint}")
     delimiter = "\t" if "\t" in header_line else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Physical lines as csv counts them (\n, \r\n or \r), so a bad record can be skipped and
+    # reading resumed on the line after it with a fresh reader.
+    lines = re.split(r"\r\n|\r|\n", text)
     header: list[str] | None = None
-    end = 0  # physical line the previous record ended on
-    try:
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
+    pos = 0  # 0-based index of the line the current reader started on
+    while pos < len(lines):
+        reader = csv.reader((lines[i] + "\n" for i in range(pos, len(lines))), delimiter=delimiter)
+        end = pos  # 1-based number of the last line read
+        resume: int | None = None
+        try:
+            for row in reader:
+                start, end = end + 1, pos + reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                if end > start:  # a quoted field ran over a line break
+                    why = _runaway_quote(row, header, lines[start - 1:end], delimiter)
+                    if why is not None:
+                        if header is None:
+                            raise EmitError(f"{path}: the header row has an unclosed quote (line {start}); "
+                                            f"name the columns {hint}")
+                        problems.add(path, f"line {start}",
+                                     f"unclosed quote: a quoted field opened on line {start} runs on to "
+                                     f"line {end} ({why}); line {start} skipped, reading resumes on "
+                                     f"line {start + 1}",
+                                     'close the quote; a quote inside a quoted field is written twice ("")')
+                        resume = start
+                        break
+                if header is None:
+                    header = [h.strip().lower() for h in row]
+                    missing = [c for c in required if c not in header]
+                    if missing:
+                        raise EmitError(f"{path}: no {', '.join(map(repr, missing))} column; the header row "
+                                        f"is {brief(repr(row))}; name the columns {hint}")
+                    continue
+                if len(row) != len(header):
+                    problems.add(path, f"line {start}", f"row has {len(row)} fields, the header has "
+                                 f"{len(header)}; skipped",
+                                 "quote fields that contain the delimiter, and give every row all columns")
+                    continue
+                yield start, dict(zip(header, row, strict=True))
+        except csv.Error as exc:
+            start = end + 1  # the record that failed starts after the last one read
             if header is None:
-                header = [h.strip().lower() for h in row]
-                missing = [c for c in required if c not in header]
-                if missing:
-                    raise EmitError(f"{path}: no {', '.join(map(repr, missing))} column; the header row is "
-                                    f"{row}; name the columns {hint}")
-                continue
-            if len(row) != len(header):
-                problems.add(path, f"line {start}", f"row has {len(row)} fields, the header has "
-                             f"{len(header)}; skipped",
-                             "quote fields that contain the delimiter, and give every row all columns")
-                continue
-            yield start, dict(zip(header, row, strict=True))
-    except csv.Error as exc:
-        raise EmitError(f"{path}: unreadable CSV near line {end + 1} ({exc}); "
-                        "check the quoting (an unclosed quote swallows the rest of the file)") from exc
+                raise EmitError(f"{path}: unreadable header row ({exc}); name the columns {hint}") from exc
+            if "field limit" in str(exc):
+                what = (f"a field is longer than {csv.field_size_limit():,} characters, Python's CSV limit "
+                        "(or an unclosed quote runs on)")
+                fix = "shorten the field or close the quote; JSON lines have no such limit"
+            else:
+                what, fix = f"unreadable CSV row ({exc})", "check the quoting of this row"
+            problems.add(path, f"line {start}", f"{what}; line {start} skipped, reading resumes on "
+                         f"line {start + 1}", fix)
+            resume = start
+        if resume is None:
+            return
+        pos = resume
+
+
+def _runaway_quote(row: list[str], header: list[str] | None, raw: list[str], delimiter: str) -> str | None:
+    """Why a record spanning the lines ``raw`` is an unclosed quote rather than a quoted text
+    with a line break in it; None if it is a plausible multi-line text."""
+    if sum(line.count('"') for line in raw) % 2:
+        return "the quote is never closed"
+    if header is None:
+        return "a line break inside the header"
+    if len(row) != len(header):
+        return f"it makes a row of {len(row)} fields, the header has {len(header)}"
+    for column, cell in zip(header, row, strict=True):
+        if "\n" in cell and column not in _FREE_TEXT:
+            return f"column {column!r} would hold a line break"
+    for k, line in enumerate(raw[1:], 2):
+        if len(next(csv.reader([line], delimiter=delimiter), [])) == len(header):
+            return f"its line {k} reads as a row of its own"
+    return None
 
 
 def _is_jsonl(path: Path, text: str) -> bool:
@@ -377,7 +458,7 @@ def _coco(data: Any, path: Path, image_root: PathLike | None, check_images: bool
             col.report(record, "image entry lacks an integer or string 'id' or a string 'file_name'; skipped",
                        'write {"id": 1, "file_name": "000001.jpg"}')
         elif image_id in files:
-            col.report(record, f"image id {image_id!r} is listed twice; the first entry is kept",
+            col.report(record, f"image id {brief(repr(image_id))} is listed twice; the first entry is kept",
                        "give every image its own id")
         else:
             files[image_id] = name
@@ -391,7 +472,7 @@ def _coco(data: Any, path: Path, image_root: PathLike | None, check_images: bool
             col.report(record, "missing field 'image_id'; skipped")
             continue
         if isinstance(image_id, bool) or not isinstance(image_id, (int, str)) or image_id not in files:
-            col.report(record, f"image_id {image_id!r} is not in images[]; caption skipped",
+            col.report(record, f"image_id {brief(repr(image_id))} is not in images[]; caption skipped",
                        "add the image to images[] or fix the image_id")
             continue
         col.add(record, i + 1, files[image_id], ann.get("caption", _MISSING), text_field="caption")
@@ -495,8 +576,8 @@ def _detect(path: Path) -> tuple[str, Any]:
         return "flickr8k", None
     if _is_jsonl(path, text):
         try:
-            obj = json.loads(first)
-        except json.JSONDecodeError:
+            obj = parse_json(first)
+        except JSONTextError:
             obj = {}  # the JSON-lines reader will report the line
         return ("clicks" if isinstance(obj, dict) and "query" in obj and "text" not in obj else "jsonl"), None
     if suffix in (".csv", ".tsv") or "," in first or "\t" in first:
@@ -515,7 +596,7 @@ def read_captions(path: PathLike, fmt: str = "auto", image_root: PathLike | None
     fmt = fmt.lower()
     data = None
     if fmt == "auto":
-        if not path.is_file():
+        if not _is_file(path):
             raise EmitError(f"{path}: no such file")
         fmt, data = _detect(path)
     if fmt not in FORMATS:

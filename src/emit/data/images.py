@@ -1,8 +1,8 @@
 """Decode product images safely.
 
 :func:`load_image` turns every way an image file can be broken (missing, not an image,
-truncated, a decompression bomb) into an :class:`ImageError` that names the file and the
-fix. :func:`load_images_threaded` decodes many images on a thread pool for feature
+truncated, more pixels than :data:`MAX_IMAGE_PIXELS`) into an :class:`ImageError` that names
+the file and the fix. :func:`load_images_threaded` decodes many images on a thread pool for feature
 extraction; there a bad image is only a :class:`~emit.problems.Problem` and an empty slot,
 never the end of the run.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from emit.files import OutsideRoot
 from emit.problems import EmitError, ProblemLog
 
 T = TypeVar("T")
@@ -29,6 +31,30 @@ T = TypeVar("T")
 # Transparent product cut-outs are shown on white in shops, so composite them on white
 # rather than on PIL's default black (which would look like a black product to colour features).
 BACKGROUND = (255, 255, 255)
+
+# emit's one cap on the pixels of an image it decodes (library, CLI and server alike): a small
+# file can declare a size that decodes to gigabytes. Product photos are ~224-1000 px a side;
+# 25 megapixels is a 6000 x 4000 camera photo. EMIT_MAX_IMAGE_PIXELS overrides it (emit serve
+# reads the same variable for its upload limit).
+MAX_IMAGE_PIXELS = 25_000_000
+MAX_PIXELS_ENV = "EMIT_MAX_IMAGE_PIXELS"
+
+# PIL warns (DecompressionBombWarning) while *opening* an image over its own, higher limit,
+# before emit can look at the size. emit refuses every such image itself, with a problem that
+# names the file, so PIL's raw warning on stderr would only repeat it. The filter is put back
+# if something (a test runner, an app) reset the filters since.
+_PIL_BOMB_MESSAGE = r"Image size \(\d+ pixels\) exceeds limit"
+
+
+def _quiet_pil_bomb_warning() -> None:
+    for action, message, category, _, _ in warnings.filters:
+        if (action == "ignore" and category is Image.DecompressionBombWarning
+                and getattr(message, "pattern", None) == _PIL_BOMB_MESSAGE):
+            return
+    warnings.filterwarnings("ignore", message=_PIL_BOMB_MESSAGE, category=Image.DecompressionBombWarning)
+
+
+_quiet_pil_bomb_warning()
 
 
 class ImageError(EmitError):
@@ -41,16 +67,58 @@ class ImageError(EmitError):
         super().__init__(f"{self.path}: {what} -- fix: {fix}")
 
 
-def load_image(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
+class ImageTooLarge(ImageError):
+    """An image with more pixels than the cap (``pixels`` is None if PIL refused it unmeasured)."""
+
+    def __init__(self, path: str | os.PathLike[str], pixels: int | None, limit: int) -> None:
+        self.pixels = pixels
+        self.limit = limit
+        size = pixel_count(pixels) if pixels is not None else "too many pixels"
+        super().__init__(path, f"image is too large to decode safely ({size}; emit decodes at most "
+                               f"{pixel_count(limit)})",
+                         "re-save it at a normal size (product photos are ~224-1000 px), or raise "
+                         f"{MAX_PIXELS_ENV} if you trust the file")
+
+
+def pixel_count(pixels: int) -> str:
+    """'36 megapixels', or '10,000 pixels' below one megapixel."""
+    return f"{pixels / 1e6:.0f} megapixels" if pixels >= 1_000_000 else f"{pixels:,} pixels"
+
+
+def max_image_pixels() -> int:
+    """The pixel cap: ``EMIT_MAX_IMAGE_PIXELS`` if set to a positive whole number, else the default."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise EmitError(f"{MAX_PIXELS_ENV}={raw!r} is not a whole number of pixels; unset it or "
+                            f"give e.g. {MAX_IMAGE_PIXELS}") from None
+        if value >= 1:
+            return value
+        raise EmitError(f"{MAX_PIXELS_ENV}={raw!r} must be at least 1")
+    return MAX_IMAGE_PIXELS
+
+
+def load_image(path: str | os.PathLike[str], data: bytes | None = None, *,
+               max_pixels: int | None = None) -> Image.Image:
     """Open, fully decode and convert to RGB the image at ``path``.
 
     ``data`` (the file's bytes, if the caller already read them) avoids a second read;
-    ``path`` is then only used in messages. Raises :class:`ImageError` for any bad file.
+    ``path`` is then only used in messages. An image over ``max_pixels`` (default
+    :func:`max_image_pixels`) is refused before it is decoded. A path marked by
+    :func:`emit.files.within` is read inside its root only. Raises :class:`ImageError`
+    (:class:`ImageTooLarge` for too many pixels) for any bad file.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a within() path keeps its root
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     if data is None:
         try:
             data = path.read_bytes()
+        except OutsideRoot as exc:
+            raise ImageError(path, "the image file is a symbolic link that leads outside the folder it "
+                             "must be read in; refused",
+                             "copy the image into the product folder instead of linking to it") from exc
         except FileNotFoundError as exc:
             raise ImageError(path, "image file not found",
                              "check the path, or add the file / remove its entry") from exc
@@ -62,15 +130,18 @@ def load_image(path: str | os.PathLike[str], data: bytes | None = None) -> Image
                              "check its permissions and the disk") from exc
     if not data:
         raise ImageError(path, "file is empty (0 bytes)", "re-copy or re-download the image")
+    _quiet_pil_bomb_warning()
     try:
         with Image.open(io.BytesIO(data)) as im:
+            pixels = im.size[0] * im.size[1]  # from the header: nothing is decoded yet
+            if pixels > limit:
+                raise ImageTooLarge(path, pixels, limit)
             im.load()  # decode now, so truncated or corrupt data fails here and not later
             im = ImageOps.exif_transpose(im) or im  # phone photos may be stored rotated
             return _to_rgb(im)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"image is too large to decode safely ({exc})",
-                         "re-save it at a normal size (product photos are ~224-1000 px), or "
-                         "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # over PIL's own limit, which it checks on opening (the warning: where warnings are errors)
+        raise ImageTooLarge(path, None, limit) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(path, "not an image, or an image format PIL cannot read",
                          "replace it with a JPEG or PNG (check it is not a text/HTML file "

@@ -31,16 +31,20 @@ from emit.text.labels import build_vocab
 from emit.vision.backbones import Backbone, create_backbone, loadable_state_dict
 
 log = logging.getLogger("emit")
-TUNED_FILE = "backbone.safetensors"
+TUNED_FILE = "backbone.safetensors"  # part of the model folder, written in its commit
+# The finished fine-tuning until that commit; the same file name, since the name is part of
+# the backbone's identity (and so of its feature-cache key).
+TUNED_WORK = f"finetune/{TUNED_FILE}"
 CHECKPOINT = "finetune.ckpt"
 
 
 def finetune_backbone(products: Sequence[Product], backbone: Backbone, config: PairingConfig,
                       out: Path, *, problems: ProblemLog, progress: bool = True) -> Backbone:
     out.mkdir(parents=True, exist_ok=True)
-    if (out / TUNED_FILE).is_file() and not (out / CHECKPOINT).is_file():
-        log.info("reusing the fine-tuned backbone in %s", out / TUNED_FILE)
-        return create_backbone(config.backbone, weights=out / TUNED_FILE)
+    for done in (out / TUNED_WORK, out / TUNED_FILE):
+        if done.is_file() and not (out / CHECKPOINT).is_file():
+            log.info("reusing the fine-tuned backbone in %s", done)
+            return create_backbone(config.backbone, weights=done)
     vocab = build_vocab([t for p in products for t in p.optional_tags], config.min_count, config.top_k)
     samples = [(p.image_path(n), p.optional_tags.index(t), vocab.encode_many(p.optional_tags))
                for p in products for n, t in zip(p.images, p.tags, strict=True) if t is not None]
@@ -109,7 +113,8 @@ def finetune_backbone(products: Sequence[Product], backbone: Backbone, config: P
                  "optimiser": optimiser.state_dict(), "epoch": epoch + 1}
         atomic_write(ckpt, lambda fh, s=state: torch.save(s, fh))
     model.eval()
-    atomic_write_safetensors(out / TUNED_FILE, loadable_state_dict(backbone))
+    # Not TUNED_FILE yet: the model folder's commit moves it there with the heads it goes with.
+    atomic_write_safetensors(out / TUNED_WORK, loadable_state_dict(backbone))
     ckpt.unlink(missing_ok=True)
-    return create_backbone(config.backbone, weights=out / TUNED_FILE)
+    return create_backbone(config.backbone, weights=out / TUNED_WORK)
 

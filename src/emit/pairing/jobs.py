@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emit.commit import FolderCommit, folder_commit, write_problems
 from emit.config import PairingConfig
-from emit.data.products import read_products, read_truth, write_final_json
-from emit.files import atomic_write_bytes, atomic_write_json
+from emit.data.products import Product, read_products, read_truth, write_final_json
+from emit.files import atomic_write_bytes, recover_folder
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import PairingModel
-from emit.pairing.pipeline import check_backbone, predict_products, train_pairing
+from emit.pairing.pipeline import ProductDecision, check_backbone, predict_products, train_pairing
 from emit.pairing.report import evaluate_pairing, write_report
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import Backbone, create_backbone
@@ -31,6 +32,15 @@ def baseline_path(pred_path: str | os.PathLike[str]) -> Path:
     """Where predict writes the colour baseline's predictions, beside final_json.json."""
     p = Path(pred_path)
     return p.with_name(p.stem + ".baseline.json")
+
+
+def problems_path(pred_path: str | os.PathLike[str]) -> Path:
+    """Where predict writes the problems it met, beside final_json.json (only if there were any)."""
+    p = Path(pred_path)
+    return p.with_name(p.stem + ".problems.json")
+
+
+TRAIN_PROBLEMS = "train_problems.json"
 
 
 def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config: PairingConfig, *,
@@ -51,14 +61,38 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
                                      progress=progress)
     model = train_pairing(products, config, backbone=backbone, cache_dir=cache, problems=problems,
                           progress=progress)
-    model.save(out)
-    png = _plot_curves(model, Path(out) / "training.png")
-    if problems:
-        atomic_write_json(Path(out) / "train_problems.json", problems.to_json())
+    png = write_model_folder(out, model, problems)
     return {"model": str(out), "products": len(products),
             "images": sum(len(p.images) for p in products), "labels": len(model.vocab.labels),
             "members": len(model.members), "problems": len(problems),
             "seconds": round(time.perf_counter() - start, 1), "curves": str(png)}
+
+
+def write_model_folder(out: str | os.PathLike[str], model: PairingModel, problems: ProblemLog) -> Path:
+    """The model, its fine-tuned backbone (if any), curves and problems as one commit: a reader
+    of ``out`` sees the last complete model, never a mix. Returns the curves' path."""
+    out = Path(out)
+    png = out / "training.png"
+    with folder_commit(out, label="pairing-model") as commit:
+        _commit_tuned_backbone(out, model.config, commit)
+        model.save(out)
+        _plot_curves(model, png)
+        write_problems(problems, out / TRAIN_PROBLEMS)
+    return png
+
+
+def _commit_tuned_backbone(out: Path, config: PairingConfig, commit: FolderCommit) -> None:
+    """The fine-tuned backbone joins the model's commit; a model without one drops an old one."""
+    from emit.pairing.finetune import TUNED_FILE, TUNED_WORK
+
+    work, tuned = out / TUNED_WORK, out / TUNED_FILE
+    if config.tune_full_model and work.is_file():
+        atomic_write_bytes(tuned, work.read_bytes())
+        commit.remove(work)
+    elif config.tune_full_model:
+        commit.adopt(tuned)  # reused from the folder's last complete save
+    else:
+        commit.remove(tuned)
 
 
 def load_pairing_model(model_dir: str | os.PathLike[str]) -> tuple[PairingModel, Backbone]:
@@ -72,7 +106,8 @@ def load_pairing_model(model_dir: str | os.PathLike[str]) -> tuple[PairingModel,
 def _model_weights(model: PairingModel, model_dir: str | os.PathLike[str]) -> str | None:
     """A fine-tuned backbone lives in the model folder; otherwise the configured weights."""
     tuned = Path(model_dir) / "backbone.safetensors"
-    return str(tuned) if tuned.is_file() else model.config.weights
+    # Only a model trained with fine-tuning uses it: a stray file is no part of another model.
+    return str(tuned) if model.config.tune_full_model and tuned.is_file() else model.config.weights
 
 
 def assignment_used(model: PairingModel, assign: AssignMode | None = None,
@@ -91,17 +126,14 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
     start = time.perf_counter()
     model, backbone = load_pairing_model(model_dir)
     problems = ProblemLog()
-    products, _ = read_products(data, image_root=image_root, problems=problems)
+    products, _ = read_products(data, image_root=image_root, problems=problems, keep_missing=True)
     if not products:
         raise EmitError(f"{data}: no usable products; see the problems above")
     decisions = predict_products(model, backbone, products, cache_dir=cache_dir or default_cache_dir(),
                                  problems=problems, progress=progress, assign_mode=assign,
                                  combine_mode=combine)
     unreadable = sum(t is None for d in decisions for t in d.tags)
-    write_final_json(out, products, {d.product_id: d.tags for d in decisions})
-    write_final_json(baseline_path(out), products, {d.product_id: d.baseline_tags for d in decisions})
-    if problems:
-        atomic_write_json(Path(out).with_suffix(".problems.json"), problems.to_json())
+    write_predictions(out, products, decisions, problems)
     return {"predictions": str(out), "baseline": str(baseline_path(out)),
             "products": len(products), "images": sum(len(p.images) for p in products),
             "unassigned_images": unreadable, "problems": len(problems),
@@ -110,16 +142,34 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
             "seconds": round(time.perf_counter() - start, 2)}
 
 
+def write_predictions(out: str | os.PathLike[str], products: list[Product],
+                      decisions: list[ProductDecision], problems: ProblemLog) -> Path:
+    """``final_json.json``, its baseline and its problems as one commit: all from this run."""
+    out = Path(out)
+    outputs = [out, baseline_path(out), problems_path(out)]
+    with folder_commit(out.parent, label=out.name, manifest=False, only=[p.name for p in outputs]):
+        write_final_json(out, products, {d.product_id: d.tags for d in decisions})
+        write_final_json(baseline_path(out), products, {d.product_id: d.baseline_tags for d in decisions})
+        write_problems(problems, problems_path(out))
+    return out
+
+
 def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                  baseline: str | os.PathLike[str] | None = None,
                  out: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path, Path]:
     problems = ProblemLog()
+    recover_folder(Path(pred).parent)  # finish a predict that was killed mid-commit: read one run's files
     truth_products = read_truth(truth, problems=problems)
+    if baseline is not None and not Path(baseline).is_file():  # asked for by name: never dropped silently
+        raise EmitError(f"--baseline {baseline}: no such file; give the baseline predictions that "
+                        f"`emit pair predict` wrote beside its output (<name>.baseline.json), or leave "
+                        "--baseline out")
     base = Path(baseline) if baseline else baseline_path(pred)
     baselines = {"colour baseline (single-class)": base} if base.is_file() else None
     report = evaluate_pairing(pred, truth_products, baselines, problems=problems)
     prefix = Path(out) if out else Path(pred).with_name(Path(pred).stem + "_report")
-    json_path, png_path = write_report(report, prefix)
+    with folder_commit(prefix.parent, label=prefix.name, manifest=False):  # the JSON and its plot together
+        json_path, png_path = write_report(report, prefix)
     return report, json_path, png_path
 
 

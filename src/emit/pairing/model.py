@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from emit.commit import folder_commit, verify_folder
 from emit.config import PairingConfig, from_dict, to_dict, versions
 from emit.files import atomic_write_json, atomic_write_safetensors, read_json
 from emit.pairing.assign import AssignMode, assign
@@ -93,8 +94,13 @@ class PairingModel:
 
     # ---- persistence -------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write the model's files as one commit: a reader sees the old model or this one."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        with folder_commit(folder, label="pairing-model"):
+            self._write(folder)
+        return folder
+
+    def _write(self, folder: Path) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for k, member in enumerate(self.members):
             for name, value in member.head.state_dict().items():
@@ -119,12 +125,13 @@ class PairingModel:
                 "in_dim": self.baseline.in_dim, "hidden": self.baseline.hidden,
                 "classes": COLOUR_CLASSES},
         }
-        atomic_write_json(folder / MODEL_FILE, meta)  # written last: its presence marks a model
-        return folder
+        atomic_write_json(folder / MODEL_FILE, meta)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> PairingModel:
         folder = Path(folder)
+        verify_folder(folder, fix=f"train it again with `emit pair train DATA --out {folder}`, or restore "
+                      "the folder from a copy")
         if not (folder / MODEL_FILE).is_file():
             raise EmitError(f"{folder}: not a pairing model (no {MODEL_FILE}); "
                             "train one with `emit pair train`")

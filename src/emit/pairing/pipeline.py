@@ -46,24 +46,26 @@ def extract_product_features(
     hflip_tta: bool, problems: ProblemLog, progress: bool = True, batch_size: int = 32,
 ) -> ProductFeatures:
     paths, names, owner = [], [], []
+    slots: list[list[int | None]] = []  # per product, per image: its index in paths
     for k, product in enumerate(products):
+        slot: list[int | None] = []
         for name in product.images:
+            if name in product.missing:  # already reported by the reader; it stays untagged ("")
+                slot.append(None)
+                continue
+            slot.append(len(paths))
             paths.append(product.image_path(name))
             names.append(f"{product.product_id} image {name}")
             owner.append(k)
+        slots.append(slot)
     feats, ok = extract_features(paths, backbone, cache_dir=cache_dir, batch_size=batch_size,
                                  problems=problems, progress=progress, hflip_tta=hflip_tta,
                                  record_names=names)
     keep = np.flatnonzero(ok)
     new_index = np.full(len(paths), -1)
     new_index[keep] = np.arange(len(keep))
-    rows: list[list[int | None]] = []
-    cursor = 0
-    for product in products:
-        ids = new_index[cursor:cursor + len(product.images)]
-        rows.append([int(i) if i >= 0 else None for i in ids])
-        cursor += len(product.images)
-    return ProductFeatures(list(products), feats[keep], np.asarray(owner)[keep], rows)
+    rows = [[None if j is None or new_index[j] < 0 else int(new_index[j]) for j in slot] for slot in slots]
+    return ProductFeatures(list(products), feats[keep], np.asarray(owner, dtype=np.int64)[keep], rows)
 
 
 def labelled_rows(pf: ProductFeatures, inputs: np.ndarray,

@@ -16,13 +16,14 @@ import functools
 import io
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from emit.config import versions
-from emit.data.products import Product, read_truth
+from emit.data.products import Product, brief, read_truth
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.metrics import confused_pairs, pairing_scores
 from emit.problems import EmitError, ProblemLog
@@ -34,6 +35,8 @@ Predictions = str | os.PathLike[str] | Mapping[str, Any]
 REPORT_NAME = "pairing_report"  # file stem used when write_report is given a folder
 TOP_CONFUSIONS = 20  # kept in the JSON; the plot shows the first PLOT_CONFUSIONS
 PLOT_CONFUSIONS = 15
+_SURROGATE = re.compile("[\ud800-\udfff]")  # from a broken \\uXXXX escape
+PLOT_LABEL = 40  # characters of a tag shown in the plot: a huge tag must not break the render
 SCORE_KEYS = ("accuracy", "exact_match", "images", "correct", "products", "exact", "per_size")
 
 # Families that cover simplified Chinese, most common first (Linux, then macOS/Windows).
@@ -131,7 +134,7 @@ def _load_aligned(
     extra = sorted(str(pid) for pid in data if pid not in truth)
     if extra:  # one problem, not one per product: a whole other split would flood the log
         problems.add(source, f"{len(extra)} product(s)",
-                     f"not in the truth (e.g. {', '.join(extra[:5])}); ignored",
+                     f"not in the truth (e.g. {', '.join(brief(pid) for pid in extra[:5])}); ignored",
                      "check that the predictions and the truth are the same split")
     return source, aligned
 
@@ -168,11 +171,17 @@ def _align_product(
         if tag is None:
             problems.add(source, f"{pid} image {image}", "no tag predicted (empty); counts as "
                          "wrong", "fill every imgs_tags value")
+        elif _SURROGATE.search(tag):
+            # a lone surrogate (a broken \u escape): not text, and the report could not be written
+            problems.add(source, f"{pid} image {image}",
+                         f"predicted tag {brief(repr(tag))} holds a lone surrogate, which is not "
+                         "Unicode text; counts as wrong", "fix the \\u escape in the predictions")
+            tag = None
         elif tag not in product.optional_tags:
             # kept as predicted: it cannot equal the true tag, and shows in the confusions
             problems.add(source, f"{pid} image {image}",
-                         f"predicted tag {tag!r} is not one of optional_tags "
-                         f"{product.optional_tags}; counts as wrong",
+                         f"predicted tag {brief(repr(tag))} is not one of optional_tags "
+                         f"{brief(product.optional_tags)}; counts as wrong",
                          "predict one of the product's own option tags")
         tags.append(tag)
     return tags
@@ -185,7 +194,7 @@ def _tags_by_name(
     pred_opts = profile.get("optional_tags")
     if isinstance(pred_opts, list) and set(map(str, pred_opts)) != set(product.optional_tags):
         problems.add(source, pid, "optional_tags differ from the truth's "
-                     f"({pred_opts} vs {product.optional_tags})",
+                     f"({brief(pred_opts)} vs {brief(product.optional_tags)})",
                      "check that the predictions were made for the same products")
     by_name: dict[str, str | None] = {}
     for k, item in enumerate(profile["imgs_tags"]):
@@ -196,17 +205,17 @@ def _tags_by_name(
         ((key, tag),) = item.items()
         image = str(key)
         if tag is not None and not isinstance(tag, str):
-            problems.add(source, f"{pid} image {image}", f"tag {tag!r} is not a string; "
+            problems.add(source, f"{pid} image {brief(image)}", f"tag {brief(tag)} is not a string; "
                          "counts as wrong", "write the tag as a string")
             tag = None
         if image in by_name:
-            problems.add(source, f"{pid} image {image}", "image listed twice; the first "
+            problems.add(source, f"{pid} image {brief(image)}", "image listed twice; the first "
                          "prediction is used", "list each image once")
             continue
         by_name[image] = tag
     unknown = [name for name in by_name if name not in product.images]
     if unknown:
-        problems.add(source, pid, f"predicted images not in the truth: {unknown}; ignored",
+        problems.add(source, pid, f"predicted images not in the truth: {brief(unknown)}; ignored",
                      "check that the predictions were made for the same images")
     return by_name
 
@@ -370,7 +379,7 @@ def _plot_confusions(ax: Any, pairs: Sequence[Sequence[Any]]) -> None:
         ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    labels = [f"{t} → {p}" for t, p, _ in pairs]
+    labels = [f"{brief(t, PLOT_LABEL)} → {brief(p, PLOT_LABEL)}" for t, p, _ in pairs]
     counts = [int(n) for _, _, n in pairs]
     bars = ax.barh(range(len(pairs)), counts)
     ax.bar_label(bars, fontsize=8)
@@ -402,7 +411,8 @@ def format_report(report: Mapping[str, Any], *, confusions: int = 5) -> str:
             for k, v in sorted(sizes.items())))
     pairs = list(report.get("confused_pairs", []))[:confusions]
     if pairs:
-        lines.append("  top confusions: " + "; ".join(f"{t} -> {p} x{n}" for t, p, n in pairs))
+        lines.append("  top confusions: " + "; ".join(
+            f"{brief(t, PLOT_LABEL)} -> {brief(p, PLOT_LABEL)} x{n}" for t, p, n in pairs))
     missing = list(report.get("missing_products", []))
     if missing:
         lines.append(f"  missing products: {len(missing)} (e.g. {', '.join(missing[:5])})")

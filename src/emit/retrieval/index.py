@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from emit.commit import folder_commit
 from emit.config import versions
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.problems import EmitError
@@ -204,10 +205,15 @@ class SearchIndex:
 
     # ---- persistence ------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``index.faiss`` then ``index.json`` into ``folder``, each atomically."""
+        """Write ``index.faiss`` and ``index.json`` into ``folder`` as one commit."""
         faiss = _faiss()
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        # No folder manifest of its own: index.json already records the sha256 of index.faiss.
+        with folder_commit(folder, label="index", manifest=False):
+            self._write(folder, faiss)
+        return folder
+
+    def _write(self, folder: Path, faiss: Any) -> None:
         data = faiss.serialize_index(self.index).tobytes()
         atomic_write_bytes(folder / INDEX_FILE, data)
         manifest = {
@@ -223,8 +229,7 @@ class SearchIndex:
             "versions": {**versions(), "faiss": faiss.__version__},
             "ids": self.ids,
         }
-        atomic_write_json(folder / MANIFEST_FILE, manifest, indent=None)  # last: marks a complete index
-        return folder
+        atomic_write_json(folder / MANIFEST_FILE, manifest, indent=None)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str], *, expect_backbone: Any = None,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from emit.commit import folder_commit, verify_folder, write_problems
 from emit.data.captions import Caption, image_indices, read_captions
 from emit.files import atomic_write_json, read_json
 from emit.problems import EmitError, ProblemLog
@@ -37,7 +38,8 @@ from emit.retrieval.hubness import (
     index_correction,
     resolve,
 )
-from emit.retrieval.index import KINDS, SearchIndex, build_index, load_index
+from emit.retrieval.index import INDEX_FILE, KINDS, SearchIndex, build_index, load_index
+from emit.retrieval.index import MANIFEST_FILE as INDEX_MANIFEST
 from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
 from emit.split import in_validation
 from emit.text.vectors import WordVectors
@@ -75,11 +77,6 @@ def _features(paths: Sequence[Path], backbone: Backbone, cache_dir: PathLike | N
               progress: bool) -> tuple[np.ndarray, np.ndarray]:
     return extract_features(paths, backbone, cache_dir=_cache(cache_dir), problems=problems,
                             progress=progress)
-
-
-def _write_problems(problems: ProblemLog, path: Path) -> None:
-    if problems:
-        atomic_write_json(path, problems.to_json())
 
 
 # --------------------------------------------------------------------------- train
@@ -134,12 +131,12 @@ def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, c
     keys = [str(p) for p, good in zip(paths, ok, strict=True) if good]
     row_of = {k: i for i, k in enumerate(keys)}
     pairs = {name: Pairs.from_captions(caps, row_of) if caps else None for name, caps in parts.items()}
-    _write_problems(problems, Path(out) / "train_problems.json")  # now: training may take hours
+    write_problems(problems, Path(out) / "train_problems.json")  # now: training may take hours
     model = train_retrieval(feats[ok], pairs["titles"], pairs["clicks"], config, out=out,
                             val_titles=pairs["val_titles"], val_clicks=pairs["val_clicks"],
                             image_keys=[split_key(Path(k)) for k in keys],
                             vectors=vectors, backbone=backbone.identity, progress=progress)
-    _write_problems(problems, Path(out) / "train_problems.json")
+    write_problems(problems, Path(out) / "train_problems.json")
     info = model.info
     return {"model": str(out), "tasks": config.tasks,
             "pairs": info.get("pairs"), "val_pairs": info.get("val_pairs"), "images": int(ok.sum()),
@@ -278,26 +275,39 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
     index = build_index(image_vectors, ids, kind, model.metric, backbone=backbone.identity, encoder=identity,
                         **index_correction(image_vectors, "images", bank, hubness, beta=beta,
                                            metric=model.metric))
-    out = Path(out)
-    index.save(out)
-    n_texts = 0
+    text_index = None
     if texts is not None:
         caps, _ = read_captions(texts, texts_format, image_root, check_images=False, problems=problems)
         distinct = list(dict.fromkeys(c.text for c in caps))
         if not distinct:
             raise EmitError(f"{texts}: no texts to index; see the problems above")
         text_vectors = model.text_vectors(distinct)
-        build_index(text_vectors, distinct, "exact", model.metric, backbone=backbone.identity,
-                    encoder=identity, **index_correction(text_vectors, "texts", bank, hubness, beta=beta,
-                                                         metric=model.metric)).save(out / TEXTS_DIR)
-        n_texts = len(distinct)
-    atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
-                                               "texts": n_texts > 0, "images": len(ids)})
-    _write_problems(problems, out / "index_problems.json")
+        text_index = build_index(text_vectors, distinct, "exact", model.metric, backbone=backbone.identity,
+                                 encoder=identity, **index_correction(text_vectors, "texts", bank, hubness,
+                                                                      beta=beta, metric=model.metric))
+    out = Path(out)
+    write_index_folder(out, index, text_index, run, problems)
+    n_texts = 0 if text_index is None else len(text_index)
     return {"index": str(out), "images": len(ids), "images_skipped": len(files) - len(ids),
             "texts": n_texts, "kind": kind, "metric": model.metric, "dim": index.query_dim, "model": str(run),
             "hubness": describe(bank, hubness, beta),
             "problems": len(problems), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def write_index_folder(out: Path, images: SearchIndex, texts: SearchIndex | None, run: PathLike,
+                       problems: ProblemLog) -> None:
+    """The image index, the text index (or none: an earlier build's is dropped), the pointer to
+    the model and the problems as one commit: a searcher sees one build, never a mix."""
+    with folder_commit(out, label="index") as commit:
+        images.save(out)
+        if texts is not None:
+            texts.save(out / TEXTS_DIR)
+        else:
+            for name in (INDEX_FILE, INDEX_MANIFEST):
+                commit.remove(out / TEXTS_DIR / name)
+        atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
+                                                   "texts": texts is not None, "images": len(images)})
+        write_problems(problems, out / "index_problems.json")
 
 
 # --------------------------------------------------------------------------- search
@@ -351,8 +361,11 @@ class IndexSearcher:
         for target in targets or ():
             check_target(target)
         folder = Path(index_dir)
+        # index.faiss files are checked against their index.json by load_index: not hashed twice
+        verify_folder(folder, fix=f"build it again with `emit index build RUN IMAGES --out {folder}`",
+                      skip=(INDEX_FILE, f"{TEXTS_DIR}/{INDEX_FILE}"))
         retrieval = _index_model(folder, model)
-        has_texts = (folder / TEXTS_DIR).is_dir()
+        has_texts = (folder / TEXTS_DIR / INDEX_MANIFEST).is_file()
         wanted = list(targets) if targets else ["images"] + (["texts"] if has_texts else [])
         if "texts" in wanted and not has_texts:
             raise EmitError(f"{folder}: has no text index; "

@@ -53,6 +53,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from emit.commit import TornFolderError, folder_commit, verify_folder
 from emit.config import from_dict, to_dict, versions
 from emit.data.captions import Caption
 from emit.files import atomic_write, atomic_write_bytes, atomic_write_json, read_json
@@ -220,19 +221,25 @@ class RetrievalModel:
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Encoder files, projection weights, then ``retrieval.json`` (last: marks a complete model)."""
         folder = Path(folder)
-        save_text_encoder(self.encoder, folder)
-        if self.projection is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()}
-            atomic_write_bytes(folder / PROJECTION_FILE, save_safetensors(state))
-        meta = {"format": FORMAT_VERSION, "config": to_dict(self.config), "margin": self.margin,
-                "backbone": self.backbone, "identity": self.identity(), "info": self.info,
-                "versions": versions()}
-        atomic_write_json(folder / MODEL_FILE, meta)
+        with folder_commit(folder, label="retrieval-run") as commit:  # all old or all new
+            save_text_encoder(self.encoder, folder)
+            if self.projection is not None:
+                state = {k: v.detach().cpu().contiguous() for k, v in self.projection.state_dict().items()}
+                atomic_write_bytes(folder / PROJECTION_FILE, save_safetensors(state))
+            else:
+                commit.remove(folder / PROJECTION_FILE)  # an earlier model's, no part of this one
+            meta = {"format": FORMAT_VERSION, "config": to_dict(self.config), "margin": self.margin,
+                    "backbone": self.backbone, "identity": self.identity(), "info": self.info,
+                    "versions": versions()}
+            atomic_write_json(folder / MODEL_FILE, meta)
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> RetrievalModel:
         folder = Path(folder)
+        # The bank is checked against the model by its own loader, which names its own fix.
+        verify_folder(folder, fix="rerun the same `emit retrieval train` command (it trains the folder "
+                      "again), or restore the folder from a copy", skip=(BANK_FILE,))
         if not (folder / MODEL_FILE).is_file():
             hint = (" (training has not finished: rerun `emit retrieval train` to resume)"
                     if (folder / CHECKPOINT).is_file() else "")
@@ -530,14 +537,20 @@ def train_retrieval(
     fingerprint = _fingerprint(x_raw, tasks, val)
     out_dir = Path(out) if out is not None else None
 
+    done = None
     if out_dir is not None and is_trained(out_dir):
-        done = RetrievalModel.load(out_dir)
+        try:
+            done = RetrievalModel.load(out_dir)
+        except TornFolderError as exc:  # a killed or mixed save: this run writes it again
+            log.warning("%s; training it again", exc)
+    if done is not None:
         if to_dict(done.config) != to_dict(config) or done.info.get("data_sha256") != fingerprint:
             raise EmitError(f"{out_dir}: already holds a model trained with other settings or data; "
                             "choose another output folder or delete this one")
         log.info("%s: already trained; loading it", out_dir)
         if not _bank_usable(out_dir, done):  # older emit, or a missing / unreadable / foreign bank
-            write_bank(done, x_raw, tasks, out_dir)
+            with folder_commit(out_dir, label="retrieval-run"):
+                write_bank(done, x_raw, tasks, out_dir)
         return done
 
     x = _normalise_rows(x_raw) if config.normalise_images else x_raw
@@ -650,11 +663,17 @@ def train_retrieval(
     model = RetrievalModel(encoder, config, margin, projection,
                            None if backbone is None else dict(backbone), info)
     if out_dir is not None:
-        write_bank(model, x_raw, tasks, out_dir)  # before the model file: a complete model has its bank
-        model.save(out_dir)
-        _write_curves(history, best["epoch"], out_dir / CURVES)
+        save_run(out_dir, model, x_raw, tasks)
         ckpt.unlink(missing_ok=True)  # type: ignore[union-attr]
     return model
+
+
+def save_run(out: Path, model: RetrievalModel, features: np.ndarray, tasks: Mapping[str, Pairs]) -> None:
+    """The model, its hubness bank and its curves as one commit: all old or all new."""
+    with folder_commit(out, label="retrieval-run"):
+        write_bank(model, features, tasks, out)
+        model.save(out)
+        _write_curves(model.info.get("history", []), model.info.get("best_epoch"), out / CURVES)
 
 
 def _bank_usable(folder: Path, model: RetrievalModel) -> bool:

@@ -27,8 +27,9 @@ from emit import __version__
 from emit.config import versions
 from emit.serve.errors import ApiError, install_error_handlers
 from emit.serve.logs import setup_logging
-from emit.serve.middleware import AccessLog, BodyLimit
+from emit.serve.middleware import AccessLog, BearerAuth, BodyLimit
 from emit.serve.pair_api import pair_router
+from emit.serve.protocol import json_error_protocol
 from emit.serve.review import review_router
 from emit.serve.search_api import search_router
 from emit.serve.services import Services, load_services
@@ -40,6 +41,16 @@ STATIC = Path(__file__).parent / "static"
 DESCRIPTION = """Search an image index with text or an image, tag a product's images with its option tags,
 and review and export those tags. Pages: [search](/) and [pairing review](/review).
 Every error is JSON: `{"error": code, "message": text}`."""
+
+# What needs no token when emit serve has one: the health check, and what ships in the package
+# (the pages, their scripts and font, the API's description). None of it holds data or paths.
+PUBLIC_PATHS = frozenset({"/health", "/", "/review", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+                          "/fonts/cjk.otf"})
+PUBLIC_PREFIXES = ("/static/", "/static-offline-docs/")
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def _fastapi(**kwargs: Any) -> FastAPI:
@@ -79,6 +90,9 @@ def create_app(settings: ServeSettings, services: Services | None = None) -> Fas
     app.state.workdir = workdir
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    if settings.api_token is not None:  # outside BodyLimit: a request without the token reads nothing
+        app.add_middleware(BearerAuth, token=settings.api_token, public=is_public)
+        _document_bearer(app)
     app.add_middleware(AccessLog)  # added last: outermost, so it times and logs everything
 
     app.include_router(search_router(services.search, limits, workdir))
@@ -123,6 +137,33 @@ def create_app(settings: ServeSettings, services: Services | None = None) -> Fas
     return app
 
 
+def _document_bearer(app: FastAPI) -> None:
+    """Declare the token in the OpenAPI schema, so /docs has an Authorize button and clients
+    (and the fuzz test) know which operations need it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "the token emit serve was started with (--api-token / EMIT_API_TOKEN)"}
+        error_body = {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+        unauthorized = {"description": "no token, or a wrong one",
+                        "content": {"application/json": error_body}}
+        for path, operations in schema.get("paths", {}).items():
+            if is_public(path):
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                operation.setdefault("responses", {})["401"] = unauthorized
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def packaged_cjk_font() -> Path | None:
     try:
         import cvttf_NotoSansCJK_Regular as packaged
@@ -135,9 +176,14 @@ def packaged_cjk_font() -> Path | None:
 def run(settings: ServeSettings) -> int:
     """Load, then serve until SIGTERM / SIGINT; returns the exit code."""
     setup_logging(settings.log_level)
+    if settings.exposed_without_token:
+        log.warning("serving %s without a token (--insecure-no-token): anyone who can reach the port can "
+                    "search, review and export", settings.host)
     app = create_app(settings)
+    # http=: uvicorn's own protocol, but a request it cannot parse gets emit's JSON error body
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=settings.shutdown_timeout, log_level=settings.log_level)
+                            timeout_graceful_shutdown=settings.shutdown_timeout, log_level=settings.log_level,
+                            http=json_error_protocol())
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1  # not started: the port was taken, say (uvicorn logged it)

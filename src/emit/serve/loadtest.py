@@ -26,8 +26,13 @@ QUERIES = ("a red circle", "blue square", "green bar", "yellow triangle", "purpl
 
 
 def run_load(url: str, requests: int = 2000, concurrency: int = 16, *, top_k: int = 10,
-             queries: Sequence[str] = QUERIES, timeout: float = 60.0) -> dict[str, Any]:
-    """POST ``requests`` text searches to ``url``/search/text from ``concurrency`` clients."""
+             queries: Sequence[str] = QUERIES, timeout: float = 60.0,
+             token: str | None = None) -> dict[str, Any]:
+    """POST ``requests`` text searches to ``url``/search/text from ``concurrency`` clients
+    (with ``Authorization: Bearer token`` for a server started with --api-token;
+    default: ``EMIT_API_TOKEN`` if set)."""
+    token = token if token is not None else os.environ.get("EMIT_API_TOKEN") or None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     if requests < 1 or concurrency < 1:
         raise ValueError("requests and concurrency must be at least 1")
     latencies: list[float] = []
@@ -39,7 +44,7 @@ def run_load(url: str, requests: int = 2000, concurrency: int = 16, *, top_k: in
 
     def client() -> None:
         nonlocal failures
-        with httpx.Client(base_url=url, timeout=timeout) as session:
+        with httpx.Client(base_url=url, timeout=timeout, headers=headers) as session:
             while True:
                 with lock:
                     k = next(counter, None)

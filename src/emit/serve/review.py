@@ -9,24 +9,27 @@ the new one, never half of one.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
 import mimetypes
+import os
 import re
 import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from emit.data.products import PROFILE, Product, read_products, write_final_json
+from emit.files import OutsideRoot, open_read
 from emit.pairing.pipeline import ProductDecision
 from emit.problems import EmitError, ProblemLog
 from emit.serve.errors import ApiError, ErrorBody, not_configured
@@ -40,6 +43,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody}
                                            for code in (400, 403, 404, 413, 415, 422)}
 MAX_LISTED_FOLDERS = 500
 EXPORT_NAME = "final_json.json"
+NAME_MAX = 255  # bytes in one file or folder name, on every common file system
+MAX_LABEL_BYTES = 100  # an export folder's name
 
 
 @dataclass
@@ -101,11 +106,23 @@ def resolve_folder(root: Path, relative: str) -> Path:
     if PurePosixPath(text).is_absolute() or PureWindowsPath(relative).drive or ".." in parts:
         raise ApiError(403, "outside_products_root", f"{relative!r} is not inside the products root; give a "
                        "path relative to it, without '..'")
+    try:
+        sizes = [len(os.fsencode(part)) for part in parts]
+    except UnicodeError:  # a lone surrogate (JSON allows "\ud800"): no file name can hold it
+        raise ApiError(422, "bad_folder", f"{relative[:60]!r} is not valid text for a folder name") from None
+    if max(sizes, default=0) > NAME_MAX:
+        raise ApiError(422, "bad_folder", f"{relative[:60]!r}...: a folder name is {max(sizes)} bytes long; "
+                       f"file systems allow {NAME_MAX}, so no folder under the products root has it")
     base = root.resolve()
-    target = (base / text).resolve()
-    if not target.is_relative_to(base):  # a symbolic link that leads out
-        raise ApiError(403, "outside_products_root", f"{relative!r} leads outside the products root")
-    if not target.is_dir():
+    try:
+        target = (base / text).resolve()
+        if not target.is_relative_to(base):  # a symbolic link that leads out
+            raise ApiError(403, "outside_products_root", f"{relative!r} leads outside the products root")
+        found = target.is_dir()
+    except OSError as exc:  # e.g. a loop of links, or a path too long for the system
+        raise ApiError(404, "no_such_folder", f"no folder {relative[:60]!r} under the products root "
+                       f"({exc.strerror or exc})") from exc
+    if not found:
         raise ApiError(404, "no_such_folder", f"no folder {relative!r} under the products root")
     return target
 
@@ -137,16 +154,27 @@ def list_folders(root: Path) -> list[str]:
 
 
 def _label(text: str) -> str:
-    """A file-system-safe name for the export folder."""
+    """A file-system-safe name for the export folder, of at most MAX_LABEL_BYTES bytes."""
     label = re.sub(r"[^\w.-]+", "_", text.replace("/", "__")).strip("._") or "root"
-    return label[:100]
+    if len(label.encode("utf-8")) <= MAX_LABEL_BYTES:
+        return label
+    # shortened, plus a hash of the whole name: two long names that share a start stay apart
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    head = label.encode("utf-8")[:MAX_LABEL_BYTES - 13].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 def _relative_problems(problems: ProblemLog, root: Path) -> list[dict[str, str]]:
+    """Problems with their file named relative to the products root. Paths are not resolved: a
+    link that leads out keeps its name inside the root, and where it leads is not shown."""
+    bases = [root.resolve(), root.absolute()]
     out = []
     for p in problems.to_json():
-        with contextlib.suppress(ValueError):  # a problem outside the root keeps its path
-            p["where"] = Path(p["where"]).resolve().relative_to(root.resolve()).as_posix()
+        where = Path(p["where"])
+        for base in bases:
+            if where.is_relative_to(base):
+                p["where"] = where.relative_to(base).as_posix()
+                break
         out.append(p)
     return out
 
@@ -261,8 +289,8 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
             raise ApiError(413, "too_many_products", f"{body.folder!r} holds {count} folders; this server "
                            f"reviews at most {limits.max_products} products at once; split the batch")
         problems = ProblemLog(echo=False)
-        try:
-            products, _ = read_products(data, problems=problems)
+        try:  # confined: every profile and image is read inside the products root only
+            products, _ = read_products(data, problems=problems, confine_to=products_root)
         except EmitError as exc:
             raise ApiError(422, "no_products", f"{body.folder!r}: {exc}") from exc
         if single:
@@ -293,21 +321,30 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
     def get_batch(batch_id: str) -> dict[str, Any]:
         return view(store.get(batch_id))
 
-    @router.get("/batches/{batch_id}/images/{product_id}/{index}", response_class=FileResponse,
+    @router.get("/batches/{batch_id}/images/{product_id}/{index}", response_class=StreamingResponse,
                 responses={200: {"content": {"image/*": {}}}}, summary="An image of a batch's product")
-    def batch_image(batch_id: str, product_id: str, index: int) -> FileResponse:
+    def batch_image(batch_id: str, product_id: str, index: int) -> StreamingResponse:
         product = store.get(batch_id).product(product_id)
         if not 0 <= index < len(product.images):
             raise ApiError(404, "no_such_image", f"product {product_id!r} has images "
                            f"0..{len(product.images) - 1}")
-        path = product.image_path(product.images[index])
-        if not path.is_file():
-            raise ApiError(404, "no_such_image", f"image {product.images[index]!r} is gone from its folder")
+        name = product.images[index]
+        path = product.image_path(name)
+        try:  # the file is checked as opened (inside the root, a regular file) and sent from there
+            fh = open_read(path)
+        except OutsideRoot as exc:
+            raise ApiError(403, "outside_products_root", f"image {name!r} of product {product_id!r} is a "
+                           "symbolic link that leads outside the products root; it is not served") from exc
+        except OSError as exc:
+            raise ApiError(404, "no_such_image", f"image {name!r} is gone from its folder, or is not a "
+                           "regular file") from exc
+        size = os.fstat(fh.fileno()).st_size
         # the type comes from the name, which an upload chooses: only ever an image type, so a
         # file named x.html is never served to a browser as a page of this site
         kind = mimetypes.guess_type(path.name)[0] or ""
         media_type = kind if kind.startswith("image/") else "application/octet-stream"
-        return FileResponse(path, media_type=media_type)
+        return StreamingResponse(_read_chunks(fh, size), media_type=media_type,
+                                 headers={"content-length": str(size)})
 
     @router.post("/batches/{batch_id}/export", response_model=ExportResult,
                  summary="Write the batch's final_json.json with the reviewed tags")
@@ -358,3 +395,16 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
 
     return router
 
+
+def _read_chunks(fh: IO[bytes], size: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """At most ``size`` bytes of an open file (the Content-Length already sent), then close it."""
+    try:
+        left = size
+        while left > 0:
+            data = fh.read(min(chunk, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+    finally:
+        fh.close()

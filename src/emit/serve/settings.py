@@ -6,13 +6,16 @@ Every setting has an environment variable (``EMIT_INDEX``, ``EMIT_PORT``, ...; s
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from emit.data.images import MAX_IMAGE_PIXELS
 from emit.problems import EmitError
 
 MB = 1 << 20
@@ -25,7 +28,7 @@ class Limits:
     max_upload_bytes: int = 20 * MB  # a whole request body, files included
     max_images: int = 32  # images in one upload (a product has fewer than ten)
     max_tags: int = 64  # option tags of one product
-    max_image_pixels: int = 25_000_000  # a small file can decode to gigabytes (a "decompression bomb")
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # the library's cap: a small file can decode to gigabytes
     max_top_k: int = 100  # results of one search
     max_query_chars: int = 500  # length of a text query
     max_products: int = 2000  # products in one review batch (a loaded folder)
@@ -51,6 +54,8 @@ class ServeSettings:
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds in-flight requests get to finish after SIGTERM
     limits: Limits = field(default_factory=Limits)
+    api_token: str | None = field(default=None, repr=False)  # bearer token every API call must send
+    insecure_no_token: bool = False  # serve a non-loopback host without a token, knowingly
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
@@ -91,7 +96,43 @@ class ServeSettings:
             raise EmitError(f"products root {self.products_root} is not a folder; give the folder that "
                             "holds the batches of product folders")
         _check_writable(self.export_dir)
+        if self.api_token is not None:
+            _check_token(self.api_token)
+        elif not is_loopback(self.host) and not self.insecure_no_token:
+            raise EmitError(f"--host {self.host} lets other machines reach the service, and without a token "
+                            "anyone who reaches the port can search, review and export: give --api-token "
+                            "(better: the EMIT_API_TOKEN variable, which ps does not show), or "
+                            "--insecure-no-token (EMIT_INSECURE_NO_TOKEN=1) if a firewall or proxy already "
+                            "guards the port")
         return self
+
+    @property
+    def exposed_without_token(self) -> bool:
+        return self.api_token is None and not is_loopback(self.host)
+
+
+MIN_TOKEN_CHARS = 16
+_TOKEN_CHARS = set(string.ascii_letters + string.digits + string.punctuation)
+TOKEN_HOWTO = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _check_token(token: str) -> None:
+    if len(token) < MIN_TOKEN_CHARS:
+        raise EmitError(f"the API token (--api-token / EMIT_API_TOKEN) has {len(token)} characters; give at "
+                        f"least {MIN_TOKEN_CHARS}, so it cannot be guessed; {TOKEN_HOWTO}")
+    if not set(token) <= _TOKEN_CHARS:
+        raise EmitError("the API token (--api-token / EMIT_API_TOKEN) may hold only printable ASCII without "
+                        f"spaces (it travels in an HTTP header); {TOKEN_HOWTO}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
 
 
 def _check_writable(folder: Path) -> None:
@@ -126,15 +167,25 @@ ENV: dict[str, str] = {
     "max_query_chars": "EMIT_MAX_QUERY_CHARS",
     "max_products": "EMIT_MAX_PRODUCTS",
     "max_batches": "EMIT_MAX_BATCHES",
+    "api_token": "EMIT_API_TOKEN",
+    "insecure_no_token": "EMIT_INSECURE_NO_TOKEN",
 }
 _LIMIT_NAMES = {"max_upload_mb", "max_images", "max_tags", "max_image_pixels", "max_top_k", "max_query_chars",
                 "max_products", "max_batches"}
 _PATHS = {"index", "retrieval_model", "pairing_model", "products_root", "export_dir", "cache_dir"}
 _FLOATS = {"shutdown_timeout", "max_upload_mb"}
+_SWITCHES = {"insecure_no_token"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _parse(name: str, var: str, raw: Any) -> Any:
+    if name in _SWITCHES:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).strip().lower() in _TRUE + _FALSE:
+            return str(raw).strip().lower() in _TRUE
+        raise EmitError(f"{var}: {raw!r} is not one of {', '.join(_TRUE + _FALSE)}")
     if name in _PATHS:
         # absolute, so what /info and the review page show does not depend on the server's cwd
         return Path(raw).expanduser().absolute()

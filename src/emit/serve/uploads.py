@@ -1,28 +1,33 @@
 """Check uploaded images and option tags before any model sees them.
 
 Each check answers with an :class:`ApiError` that names the file or tag at fault: too many
-images, a name that is a path, a file that is not an image or is damaged, too many pixels,
-blank, duplicate or overlong tags.
+images, a name that is a path or too long for a file name, a file that is not an image or is
+damaged, too many pixels, blank, duplicate or overlong tags.
 """
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import UploadFile
-from PIL import Image
 
-from emit.data.images import ImageError, load_image
+from emit.data.images import ImageError, ImageTooLarge, load_image, pixel_count
 from emit.data.products import Product, safe_image_name
 from emit.files import atomic_write_bytes
 from emit.serve.errors import ApiError
 from emit.serve.settings import Limits
 
 MAX_TAG_CHARS = 200
+# Uploaded names become file names (an image, the product's folder, and a temporary beside
+# each, whose name adds about 30 bytes); file systems take 255 bytes a name.
+MAX_NAME_BYTES = 200
+
+
+def _name_bytes(name: str) -> int:
+    return len(name.encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,10 @@ def read_images(files: Sequence[UploadFile], limits: Limits) -> list[Upload]:
         if not safe_image_name(name):
             raise ApiError(422, "bad_image_name", f"image {k + 1}: file name {name!r} is empty or a path; "
                            "send plain file names such as 123_0.jpg")
+        if _name_bytes(name) > MAX_NAME_BYTES:
+            raise ApiError(422, "bad_image_name", f"image {k + 1}: file name {name[:40]!r}... is "
+                           f"{_name_bytes(name)} bytes long (UTF-8); this server takes names of at most "
+                           f"{MAX_NAME_BYTES} bytes; rename the file")
         if any(u.name == name for u in out):
             raise ApiError(422, "duplicate_image", f"image {name!r} is uploaded twice; send each image once")
         data = upload.file.read()
@@ -53,20 +62,14 @@ def read_images(files: Sequence[UploadFile], limits: Limits) -> list[Upload]:
 
 
 def check_image(name: str, data: bytes, limits: Limits) -> None:
-    """Refuse bytes that are not a decodable image of a sane size."""
-    too_large = (f"this server decodes at most {limits.max_image_pixels / 1e6:.0f} megapixels; "
-                 "send a smaller image")
+    """Refuse bytes that are not a decodable image of a sane size (the library's pixel cap, at
+    this server's limit)."""
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            pixels = header.size[0] * header.size[1]
-    except Image.DecompressionBombError as exc:  # PIL's own cap, far above ours; say it the same way
-        raise ApiError(413, "image_too_large", f"{name}: too many pixels; {too_large}") from exc
-    except Exception:  # load_image below says what is wrong
-        pixels = 0
-    if pixels > limits.max_image_pixels:
-        raise ApiError(413, "image_too_large", f"{name}: {pixels / 1e6:.0f} megapixels; {too_large}")
-    try:
-        load_image(name, data)
+        load_image(name, data, max_pixels=limits.max_image_pixels)
+    except ImageTooLarge as exc:
+        size = pixel_count(exc.pixels) if exc.pixels is not None else "too many pixels"
+        raise ApiError(413, "image_too_large", f"{name}: {size}; this server decodes at most "
+                       f"{pixel_count(limits.max_image_pixels)}; send a smaller image") from exc
     except ImageError as exc:
         raise ApiError(422, "bad_image", f"{name}: {exc.what}; fix: {exc.fix}") from exc
     except Exception as exc:  # PIL has more failure modes than load_image names
@@ -101,6 +104,9 @@ def check_product_id(product_id: str) -> str:
     if not safe_image_name(product_id):
         raise ApiError(422, "bad_product_id", f"product id {product_id!r} must be a plain name (no '/', "
                        "no '..')")
+    if _name_bytes(product_id) > MAX_NAME_BYTES:  # it names the product's folder
+        raise ApiError(422, "bad_product_id", f"product id {product_id[:40]!r}... is "
+                       f"{_name_bytes(product_id)} bytes long (UTF-8); give at most {MAX_NAME_BYTES}")
     return product_id
 
 
@@ -115,4 +121,4 @@ def save_product(folder: Path, product_id: str, images: Sequence[Upload], tags: 
     for image in images:
         atomic_write_bytes(folder / image.name, image.data)
     return Product(product_id, list(tags), [i.name for i in images], [None] * len(images), folder,
-                   source="upload")
+                   source="upload", confine=folder)  # read back from this folder only

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emit.data.images import load_images_threaded
+from emit.files import OutsideRoot, open_read
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import Backbone
 
@@ -99,7 +100,7 @@ class FeatureCache:
 
 def hash_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_read(path) as fh:  # an emit.files.within() path is read inside its root only
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -117,7 +118,12 @@ def _hash_all(paths: Sequence[Path], num_threads: int, problems: ProblemLog,
         results = list(pool.map(one, paths))
     hashes: list[str | None] = []
     for path, record, result in zip(paths, records, results, strict=True):
-        if isinstance(result, OSError):
+        if isinstance(result, OutsideRoot):
+            problems.add(path, record, "the image file is a symbolic link that leads outside the folder "
+                         "it must be read in; image refused",
+                         "copy the image into the product folder instead of linking to it")
+            hashes.append(None)
+        elif isinstance(result, OSError):
             what = ("image file not found" if isinstance(result, FileNotFoundError)
                     else f"cannot read the file ({result.strerror or result})")
             problems.add(path, record, what + "; image skipped",
@@ -148,7 +154,7 @@ def extract_features(
     image's features with its mirror image's. Thread count for torch is left to the caller
     (``torch.set_num_threads``); ``num_threads`` is for reading and decoding.
     """
-    paths = [Path(p) for p in paths]
+    paths = [p if isinstance(p, Path) else Path(p) for p in paths]  # keeps a within() path's root
     n = len(paths)
     if record_names is not None and len(record_names) != n:
         raise ValueError(f"record_names has {len(record_names)} entries for {n} paths")

@@ -27,7 +27,7 @@ function imageCard(product, image) {
     onclick: () => choose(product, image, option),
   }, option));
   return el("div", {class: classes.join(" "), dataset: {product: pid, index: image.index}},
-    el("img", {src: image.image_url, alt: image.name, loading: "lazy"}),
+    apiImage(image.image_url, {alt: image.name, loading: "lazy"}),
     el("div", {class: "meta"},
       el("span", {class: "name"}, image.name),
       el("span", {class: "proposal"}, "proposed: ", image.tag === null ? "—" : image.tag, " · ",
@@ -79,8 +79,13 @@ function renderBatch() {
   document.getElementById("export-result").hidden = true;
   const link = document.getElementById("download-link");
   link.hidden = !batch.download_url;
-  if (batch.download_url) link.href = batch.download_url;
+  if (batch.download_url) setDownload(link, batch.download_url).catch(() => { link.hidden = true; });
   renderSummary();
+}
+
+async function setDownload(link, url) {
+  // the export changes with each one: fetched again (with a token), never from the image cache
+  link.href = await fileUrl(url, {cache: false});
 }
 
 function choose(product, image, option) {
@@ -144,15 +149,21 @@ document.getElementById("export-button").addEventListener("click", async () => {
   if (!result) return;
   saved = JSON.stringify(tags);
   renderSummary();
+  const link = document.getElementById("download-link");
+  let fetched = true;
+  try {
+    await setDownload(link, result.download_url);  // before the result shows: its links then work
+  } catch (e) {
+    fetched = false;
+  }
+  link.hidden = false;
   const box = document.getElementById("export-result");
   box.hidden = false;
   box.replaceChildren(`Saved final_json.json for ${result.products} products (${result.images} images, `
     + `${result.changed} changed) to `, el("code", {id: "export-path"}, result.path), ". ",
-    el("a", {href: result.download_url, download: "final_json.json"}, "Download"));
-  const link = document.getElementById("download-link");
-  link.href = result.download_url;
-  link.hidden = false;
-  setStatus("Exported.", "ok");
+    el("a", {href: link.href, download: "final_json.json"}, "Download"));
+  if (fetched) setStatus("Exported.", "ok");
+  else setStatus("Exported, but the file could not be fetched for the download link.", "error");
 });
 
 async function listFolders() {

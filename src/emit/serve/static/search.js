@@ -16,8 +16,9 @@ function render(found) {
   for (const hit of found.results) {
     if (hit.thumbnail_url) {
       results.append(el("a", {class: "card result", href: hit.image_url, target: "_blank", title: hit.id,
-                              dataset: {rank: hit.rank, name: hit.name}},
-        el("img", {src: hit.thumbnail_url, alt: hit.name, loading: "lazy"}),
+                              dataset: {rank: hit.rank, name: hit.name},
+                              onclick: (event) => openFile(event, hit.image_url)},
+        apiImage(hit.thumbnail_url, {alt: hit.name, loading: "lazy"}),
         el("div", {class: "meta"},
           el("span", {class: "rank"}, `#${hit.rank}`),
           el("span", {class: "name"}, hit.name),
