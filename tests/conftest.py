@@ -23,3 +23,13 @@ def one_faiss_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored() -> Iterator[None]:
+    # `emit ...` run through cli.main sets torch's threads (to the cores, without --threads):
+    # a test must not leave that to the tests after it, whose float results can depend on it.
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
