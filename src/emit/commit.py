@@ -19,7 +19,6 @@ a message that says how to recover, instead of loading silently.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -38,19 +37,11 @@ from emit.files import (
     staging,
     write_temp,
 )
+from emit.hashing import file_sha256
 from emit.problems import EmitError, ProblemLog
 
 MANIFEST_FILE = "emit-manifest.json"
 MANIFEST_FORMAT = 1
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes, read in chunks (models and indexes can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FolderCommit:
@@ -121,10 +112,10 @@ class FolderCommit:
         for name in self.removed:
             files.pop(name, None)
         for name, temp in self.staged.items():
-            files[name] = {"sha256": file_sha256(temp), "bytes": temp.stat().st_size}
+            files[name] = {"sha256": file_sha256(temp, remember=False), "bytes": temp.stat().st_size}
         for name in self.adopted:
             path = self.folder / name
-            files[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+            files[name] = {"sha256": file_sha256(path, remember=False), "bytes": path.stat().st_size}
         files.pop(MANIFEST_FILE, None)
         return {"format": MANIFEST_FORMAT, "files": dict(sorted(files.items()))}
 
@@ -224,7 +215,8 @@ def verify_folder(folder: str | os.PathLike[str], *, fix: str, skip: Iterable[st
             continue
         if not path.is_file():
             problem = "is missing"
-        elif path.stat().st_size != record.get("bytes") or file_sha256(path) != record.get("sha256"):
+        elif (path.stat().st_size != record.get("bytes")
+              or file_sha256(path, remember=False) != record.get("sha256")):
             problem = "is not the file its last complete save wrote"
         else:
             continue

@@ -26,7 +26,6 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from emit.hashing import file_sha256, state_dict_sha256
 from emit.problems import EmitError
 from emit.vision.colour import ColourHistogram
 
@@ -174,31 +174,6 @@ def _lookup(name: str) -> _Entry:
 
 
 # --- weights files ------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) since weights files are large."""
-    st = os.stat(path)
-    return _sha256_cached(os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """Hash of a model's tensors, for identities of weights that did not come from a file."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode("utf-8"))
-        digest.update(str(tensor.dtype).encode("ascii"))
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

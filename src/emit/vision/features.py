@@ -8,7 +8,6 @@ half-way keeps every batch it committed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from emit.data.images import load_images_threaded
 from emit.files import OutsideRoot, open_read
+from emit.hashing import stream_sha256
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import Backbone
 
@@ -99,11 +99,8 @@ class FeatureCache:
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
     with open_read(path) as fh:  # an emit.files.within() path is read inside its root only
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return stream_sha256(fh)
 
 
 def _hash_all(paths: Sequence[Path], num_threads: int, problems: ProblemLog,
