@@ -105,10 +105,12 @@ def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: 
     """Train ``RetrievalConfig(**settings)`` on the training images (early stopping on emit's
     inner --val-fraction split of them) and evaluate every task on the test images, with the
     hubness correction against the run's bank of training images and texts if asked."""
+    from emit.retrieval.checkpoint import is_trained
     from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.evaluate import evaluate_model
     from emit.retrieval.hubness import HubnessBank
-    from emit.retrieval.train import Pairs, is_trained, train_retrieval
+    from emit.retrieval.pairs import Pairs
+    from emit.retrieval.train import train_retrieval
 
     x_tr, keys_tr, tr = side(bench, test=False)
     x_te, _, te = side(bench, test=True)

@@ -136,7 +136,7 @@ def load(cache_dir: Path, backbone: str = "efficientnet-lite0") -> Bench:
 
 
 def run_ridge(bench: Bench, settings: dict[str, Any]) -> dict[str, Any]:
-    from emit.retrieval.encoders import load_minilm
+    from emit.retrieval.encoders.sentence import load_minilm
     from emit.retrieval.evaluate import evaluate_embeddings
     from emit.split import in_validation
 

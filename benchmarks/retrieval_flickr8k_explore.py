@@ -1,10 +1,14 @@
-"""Fast exploration of the MiniLM / e5 + InfoNCE + projection model on Flickr8k (not the library).
+"""Fast exploration of the MiniLM / e5 + InfoNCE + projection model on Flickr8k, on emit's loop.
 
-The loop emit trains (frozen sentence embeddings -> MLP, a linear image projection, symmetric
-InfoNCE with same-image masking, Adam) re-implemented on cached embeddings, so one variant
-takes about 2 minutes on one thread. It chose the two changes in docs/retrieval.md (the cosine
-schedule, MiniLM + e5); the library rows of benchmarks/retrieval_flickr8k.py are the reported
-results.
+emit's own training loop (:mod:`emit.retrieval.train`: ``new_state``, ``prepare_tasks``,
+``train_one_epoch``) and evaluation (``evaluate_embeddings``, the hubness bank and bias of
+:mod:`emit.retrieval.hubness`), run on cached sentence embeddings and image features, so one
+variant takes about 2 minutes on one thread. It chose the two changes in docs/retrieval.md (the
+cosine schedule, MiniLM + e5); the library rows of benchmarks/retrieval_flickr8k.py are the
+reported results. The variants beyond emit's settings are built on the loop's seams: AdamW for
+--wd (the optimiser of ``new_state``), a learned temperature (the state's temperature, renewed
+after every step), weight averaging (``on_step``), noise on the frozen embeddings (the encoder's
+batch), a shared space of another width (the encoder's and the projection's width).
 
 Split: retrieval_flickr8k.py's 1,000 reported images are left out; of the other 5,000, 10 %
 (by sha256("val:<name>")) pick the epoch, scored by the mean of R@1/5/10 in both directions
@@ -12,7 +16,7 @@ without the correction ("best validation score" in the docs). The reported split
 printed as well, with and without the hubness correction (bank: the fitting images and up to
 8,192 of their distinct texts, beta 10).
 
-    python benchmarks/retrieval_flickr8k_explore.py --cache-dir /tmp/exp/rcache --text minilm+e5 \
+    python benchmarks/retrieval_flickr8k_explore.py --cache-dir /tmp/exp/rcache --text minilm+e5 \\
         --lr 5e-4 --cosine --epochs 6
 
 The first run embeds the 30,000 captions with each sentence model into --cache-dir (e5 is the
@@ -22,25 +26,26 @@ slow one: many minutes on one thread). --seeds 0,1,2 averages the seeds' cosine 
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BACKBONE = "efficientnet-lite0+efficientnet-lite2"
+BANK_BETA = 10.0
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+def load(cache_dir: Path, text: str) -> dict[str, Any]:
+    """Image features, caption rows, the test mask and the frozen text embeddings (as the
+    encoder ``text`` computes them), each sentence model's cached as .npy."""
+    import torch
 
-
-def load(cache_dir: Path, text: str) -> dict:
-    """Image features, caption rows, the test mask and the text embeddings, cached as .npy."""
+    from emit.retrieval.encoders.sentence import SENTENCE_MODELS, join_sentence_features
     from retrieval_flickr8k import load as load_bench
 
     bench = load_bench(cache_dir, BACKBONE)
@@ -49,20 +54,16 @@ def load(cache_dir: Path, text: str) -> dict:
     for name in text.split("+"):
         path = cache_dir / f"flickr8k-captions-{name}.npy"
         if not path.is_file():
-            from emit.retrieval.encoders import SENTENCE_MODELS
-
             model = SENTENCE_MODELS[name]()
             emb = np.concatenate([model(task.texts[i:i + 256]).numpy()
                                   for i in range(0, len(task.texts), 256)])
             np.save(path, emb.astype(np.float32))
-        parts.append(np.load(path))
-    # several models side by side, each / sqrt(k): the joined cosine is the mean (as in emit)
-    emb = parts[0] if len(parts) == 1 else np.concatenate(parts, 1) / np.sqrt(len(parts))
-    return {"x": _unit(bench.features).astype(np.float32), "rows": task.rows, "is_test": bench.is_test,
-            "texts": task.texts, "keys": bench.keys, "emb": emb.astype(np.float32)}
+        parts.append(torch.from_numpy(np.load(path)))
+    return {"x": bench.features, "rows": task.rows, "is_test": bench.is_test, "texts": task.texts,
+            "keys": bench.keys, "emb": join_sentence_features(parts).numpy()}
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--text", default="minilm", help="minilm, e5 or minilm+e5")
@@ -81,17 +82,42 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "retrieval_flickr8k_explore.jsonl")
-    a = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def recalls(text: np.ndarray, image: np.ndarray, caption_image: np.ndarray, bank: Any = None
+            ) -> dict[str, float]:
+    """R@1/5/10 in both directions (``t``: text -> image, ``i``: image -> text) from emit's
+    evaluation, each caption its own query; with ``bank``, hubness-corrected both ways."""
+    from emit.retrieval.evaluate import evaluate_embeddings
+    from emit.retrieval.hubness import biases
+
+    text_bias, image_bias = biases(text, image, bank, "both" if bank is not None else "none", beta=BANK_BETA,
+                                   metric="ip")
+    report = evaluate_embeddings(text, image, caption_image, metric="ip", ks=(1, 5, 10),
+                                 text_bias=text_bias, image_bias=image_bias)
+    return {f"{side}{k}": round(float(report[direction][f"R@{k}"]), 1)
+            for k in (1, 5, 10) for side, direction in (("t", "text_to_image"), ("i", "image_to_text"))}
+
+
+def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the variant of ``argv`` (the flags above); ``data`` replaces :func:`load` (a test's)."""
+    a = arguments(argv)
 
     import torch
-    from torch import nn
     from torch.nn import functional as F
 
-    from emit.retrieval.hubness import bank_bias
+    from emit.retrieval.config import RetrievalConfig
+    from emit.retrieval.encoders.projection import ImageProjection
+    from emit.retrieval.encoders.registry import build_encoder
+    from emit.retrieval.hubness import HubnessBank, build_bank
+    from emit.retrieval.model import RetrievalModel
+    from emit.retrieval.pairs import Pairs
+    from emit.retrieval.train import TrainState, new_state, prepare_tasks, train_one_epoch, training_features
 
     torch.set_num_threads(a.threads)
-    d = load(a.cache_dir, a.text)
-    x, rows, emb = d["x"], d["rows"], d["emb"]
+    d = data if data is not None else load(a.cache_dir, a.text)
+    x, rows, texts = np.asarray(d["x"], dtype=np.float32), np.asarray(d["rows"]), list(d["texts"])
     train_img, test_img = np.flatnonzero(~d["is_test"]), np.flatnonzero(d["is_test"])
     frac = np.array([int(hashlib.sha256(f"val:{d['keys'][i]}".encode()).hexdigest()[:8], 16) / 2**32
                      for i in train_img])
@@ -100,114 +126,104 @@ def main() -> None:
     def caps_of(imgs: np.ndarray) -> np.ndarray:
         return np.flatnonzero(np.isin(rows, imgs))
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            out = a.dim or x.shape[1]
-            self.mlp = nn.Sequential(nn.Linear(emb.shape[1], a.hidden), nn.ReLU(), nn.Dropout(a.dropout),
-                                     nn.Linear(a.hidden, out))
-            self.proj = nn.Linear(x.shape[1], out)
-            if out == x.shape[1]:  # identity start, as emit's ImageProjection
+    fit, vcaps, tcaps = caps_of(fit_img), caps_of(val_img), caps_of(test_img)
+    vlocal = np.searchsorted(val_img, rows[vcaps])
+    fit_pairs = {"titles": Pairs([texts[i] for i in fit], rows[fit])}
+
+    def train(seed: int) -> tuple[RetrievalModel, int, list[float]]:
+        config = RetrievalConfig(
+            encoder=a.text, loss="infonce", tasks="titles", normalise_images=True, image_projection=True,
+            mlp_hidden=a.hidden, mlp_dropout=a.dropout, temperature=a.temp, lr=a.lr, batch_size=a.bs,
+            epochs=a.epochs, lr_schedule="cosine" if a.cosine else "constant", beta1=0.9, beta2=0.999,
+            grad_clip=0.0, val_fraction=0.0, seed=seed).validate()
+        width = a.dim or x.shape[1]
+        encoder = build_encoder(config, [], width)
+        encoder.remember(texts, d["emb"])  # the cached frozen embeddings: the models never run
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            projection = ImageProjection(x.shape[1], width)  # the identity when the widths match
+        if a.noise:  # noise on the frozen embeddings while training, renormalised
+            frozen = encoder.batch
+
+            def noisy(batch_texts: list[str]) -> torch.Tensor:
+                e = frozen(batch_texts)
+                return F.normalize(e + a.noise * torch.randn_like(e), dim=1) if encoder.training else e
+
+            encoder.batch = noisy  # type: ignore[method-assign]
+        logt = torch.nn.Parameter(torch.tensor(math.log(a.temp)), requires_grad=a.learn_temp)
+        extra = [logt] if a.learn_temp else []
+
+        def optimiser(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+            if a.wd:
+                return torch.optim.AdamW(params + extra, lr=a.lr, weight_decay=a.wd)
+            return torch.optim.Adam(params + extra, lr=a.lr, betas=(config.beta1, config.beta2))
+
+        state = new_state(config, encoder, projection, margin=0.0, optimiser=optimiser,
+                          temperature=logt.exp() if a.learn_temp else None)
+        modules = [encoder, projection]
+        ema = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules] if a.ema else None
+
+        def after_step(s: TrainState) -> None:
+            if a.learn_temp:
+                s.temperature = logt.exp()  # a new graph for the next step
+            if ema is not None:
                 with torch.no_grad():
-                    self.proj.weight.copy_(torch.eye(out))
-                    self.proj.bias.zero_()
-            self.logt = nn.Parameter(torch.tensor(math.log(a.temp)), requires_grad=a.learn_temp)
+                    for avg, m in zip(ema, modules, strict=True):
+                        for k, v in m.state_dict().items():
+                            if v.is_floating_point():
+                                avg[k].lerp_(v, 1 - a.ema)
 
-    def infonce(t: torch.Tensor, i: torch.Tensor, ids: torch.Tensor, temp: torch.Tensor) -> torch.Tensor:
-        logits = F.normalize(t, dim=1) @ F.normalize(i, dim=1).T / temp
-        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool)
-        logits = logits.masked_fill(same, float("-inf"))
-        return (-F.log_softmax(logits, 1).diagonal() - F.log_softmax(logits, 0).diagonal()).mean() / 2
-
-    def embed(m: Model, imgs: np.ndarray, caps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m.eval()
-        with torch.no_grad():
-            return (F.normalize(m.mlp(torch.from_numpy(emb[caps])), dim=1).numpy(),
-                    F.normalize(m.proj(torch.from_numpy(x[imgs])), dim=1).numpy())
-
-    def recalls(t: np.ndarray, i: np.ndarray, local: np.ndarray, text_bias=None, image_bias=None) -> dict:
-        s = t @ i.T  # texts x images
-        st = s - image_bias[None, :] if image_bias is not None else s
-        si = (s - text_bias[:, None] if text_bias is not None else s).T
-        rank_t = (st > st[np.arange(len(t)), local][:, None]).sum(1)
-        order = np.argsort(-si, axis=1)
-        first = np.array([np.flatnonzero(local[order[j]] == j)[0] for j in range(len(i))])
-        return {f"{side}{k}": round(100 * float((r < k).mean()), 1)
-                for k in (1, 5, 10) for side, r in (("t", rank_t), ("i", first))}
-
-    def train(seed: int) -> tuple[Model, int, list[float]]:
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        m = Model()
-        params = [p for p in m.parameters() if p.requires_grad]
-        opt = (torch.optim.AdamW(params, lr=a.lr, weight_decay=a.wd) if a.wd
-               else torch.optim.Adam(params, lr=a.lr))
-        fit = caps_of(fit_img)
-        steps = math.ceil(len(fit) / a.bs)
-        total = steps * a.epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, (lambda s: 0.5 * (1 + math.cos(math.pi * s / total))) if a.cosine else (lambda s: 1.0))
-        ema = copy.deepcopy(m) if a.ema else None
-        vcaps = caps_of(val_img)
-        vlocal = np.searchsorted(val_img, rows[vcaps])
-        xt, et = torch.from_numpy(x), torch.from_numpy(emb)
+        features, tasks = training_features(x, config), prepare_tasks(fit_pairs, config)
         best, best_state, best_epoch, history = -1.0, None, 0, []
         for epoch in range(a.epochs):
-            m.train()
-            perm = rng.permutation(fit)
-            for s in range(steps):
-                idx = perm[s * a.bs:(s + 1) * a.bs]
-                r = torch.from_numpy(rows[idx])
-                e = et[idx]
-                if a.noise:
-                    e = F.normalize(e + a.noise * torch.randn_like(e), dim=1)
-                loss = infonce(m.mlp(e), m.proj(xt[r]), r, m.logt.exp())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    with torch.no_grad():
-                        for pe, pm in zip(ema.parameters(), m.parameters(), strict=True):
-                            pe.lerp_(pm, 1 - a.ema)
-            scored = ema if ema is not None else m
-            score = float(np.mean(list(recalls(*embed(scored, val_img, vcaps), vlocal).values())))
+            train_one_epoch(state, features, tasks, epoch, on_step=after_step)
+            live = None
+            if ema is not None:  # score (and keep) the averaged weights
+                live = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+                for avg, m in zip(ema, modules, strict=True):
+                    m.load_state_dict(avg)
+            model = state.model()
+            val = recalls(model.text_vectors([texts[i] for i in vcaps]), model.image_vectors(x[val_img]),
+                          vlocal)
+            score = float(np.mean(list(val.values())))
             history.append(round(score, 1))
             if score > best:
                 best, best_epoch = score, epoch + 1
-                best_state = {k: v.clone() for k, v in scored.state_dict().items()}
-        m.load_state_dict(best_state)
-        return m, best_epoch, history
+                best_state = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+            if live is not None:
+                for saved, m in zip(live, modules, strict=True):
+                    m.load_state_dict(saved)
+        assert best_state is not None
+        for saved, m in zip(best_state, modules, strict=True):
+            m.load_state_dict(saved)
+        state.eval()
+        return state.model(), best_epoch, history
 
     start = time.perf_counter()
-    tcaps = caps_of(test_img)
     tlocal = np.searchsorted(test_img, rows[tcaps])
-    bank_caps = caps_of(fit_img)
-    _, first = np.unique(np.array([d["texts"][i] for i in bank_caps]), return_index=True)
-    bank_caps = bank_caps[np.sort(first)]
-    if len(bank_caps) > 8192:
-        bank_caps = np.sort(np.random.default_rng(0).choice(bank_caps, 8192, replace=False))
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
-        m, best_epoch, history = train(seed)
-        runs.append((embed(m, test_img, tcaps), embed(m, fit_img, bank_caps), best_epoch, history))
+        model, best_epoch, history = train(seed)
+        bank = build_bank(model, x, fit_img, [texts[i] for i in fit])  # the fitting images and texts
+        runs.append((model.text_vectors([texts[i] for i in tcaps]), model.image_vectors(x[test_img]),
+                     bank, best_epoch, history))
     k = len(runs)  # an ensemble: side-by-side unit vectors / sqrt(k) average the cosines
 
     def join(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, 1) / np.sqrt(k)
 
-    t, i = join([r[0][0] for r in runs]), join([r[0][1] for r in runs])
-    bank_t, bank_i = join([r[1][0] for r in runs]), join([r[1][1] for r in runs])
-    plain = recalls(t, i, tlocal)
-    corrected = recalls(t, i, tlocal, text_bias=bank_bias(t, bank_i, beta=10.0),
-                        image_bias=bank_bias(i, bank_t, beta=10.0))
+    t, i = join([r[0] for r in runs]), join([r[1] for r in runs])
+    bank = HubnessBank(join([r[2].images for r in runs]), join([r[2].texts for r in runs]),
+                       runs[0][2].model_sha256 if k == 1 else "ensemble")
     result = {"settings": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
-              "best_epochs": [r[2] for r in runs], "validation": [r[3] for r in runs],
-              "best_validation": [max(r[3]) for r in runs], "test": plain, "test_hubness": corrected,
+              "loop": "emit.retrieval.train", "best_epochs": [r[3] for r in runs],
+              "validation": [r[4] for r in runs], "best_validation": [max(r[4]) for r in runs],
+              "test": recalls(t, i, tlocal), "test_hubness": recalls(t, i, tlocal, bank),
               "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result), flush=True)
     with open(a.out, "a", encoding="utf-8") as fh:  # a log of variants, one JSON line each
         fh.write(json.dumps(result) + "\n")
+    return result
 
 
 if __name__ == "__main__":

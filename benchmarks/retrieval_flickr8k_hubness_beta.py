@@ -35,7 +35,8 @@ def inner_validation(name: str, cache_dir: Path, work: Path) -> dict[str, Any]:
     from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.evaluate import evaluate_model
     from emit.retrieval.hubness import HubnessBank
-    from emit.retrieval.train import Pairs, train_retrieval
+    from emit.retrieval.pairs import Pairs
+    from emit.retrieval.train import train_retrieval
     from emit.split import in_validation
 
     settings = ROWS[name]

@@ -60,8 +60,9 @@ def main() -> None:
     from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.hubness import DEFAULT_BETA, build_bank, index_correction
     from emit.retrieval.index import build_index, recall_against_exact
-    from emit.retrieval.jobs import IndexSearcher
-    from emit.retrieval.train import Pairs, train_retrieval
+    from emit.retrieval.pairs import Pairs
+    from emit.retrieval.search import IndexSearcher
+    from emit.retrieval.train import train_retrieval
     from emit.vision.backbones import create_backbone
     from emit.vision.features import extract_features
 

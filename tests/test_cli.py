@@ -71,12 +71,12 @@ def test_missing_or_bad_arguments_exit_two(capsys):
 
 
 def test_train_flags_reach_the_config():
-    from emit.cli import _config_from
+    from emit.cli.pair import config_from
 
     args = build_parser().parse_args(["pair", "train", "d", "--out", "m", "--max-epochs", "7",
                                       "--lr", "0.01", "--bag-combine", "vote", "--weights", "w.pt",
                                       "--hidden", "0"])
-    config = _config_from(args)
+    config = config_from(args)
     assert (config.max_epochs, config.lr, config.bag_combine, config.weights) == (7, 0.01, "vote", "w.pt")
     assert config.hidden == 0
     # everything not given keeps the library default

@@ -27,7 +27,7 @@ import torch
 from crash_helpers import count_steps, kill_at
 from emit.config import PairingConfig
 from emit.data.products import Product
-from emit.files import JOURNAL_SUFFIX, TEMP_SUFFIX, atomic_write_bytes, recover_folder
+from emit.files import JOURNAL_SUFFIX, TEMP_SUFFIX, recover_folder
 from emit.pairing.jobs import TRAIN_PROBLEMS, write_model_folder, write_predictions
 from emit.pairing.model import PairingModel
 from emit.pairing.pipeline import ProductDecision, ProductFeatures, train_pairing
@@ -35,8 +35,11 @@ from emit.problems import EmitError, ProblemLog
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.hubness import HubnessBank
 from emit.retrieval.index import build_index
-from emit.retrieval.jobs import IndexSearcher, write_index_folder
-from emit.retrieval.train import Pairs, RetrievalModel, save_run, train_retrieval
+from emit.retrieval.jobs import write_index_folder
+from emit.retrieval.model import RetrievalModel
+from emit.retrieval.pairs import Pairs
+from emit.retrieval.search import IndexSearcher
+from emit.retrieval.train import save_run, train_retrieval
 from emit.text.vectors import WordVectors
 
 COLOURS = ["黑色", "白色", "红色", "蓝色"]
@@ -138,7 +141,7 @@ def quick_plots(monkeypatch) -> None:
     import emit.pairing.jobs as pairing_jobs
     import emit.retrieval.train as retrieval_train
 
-    monkeypatch.setattr(pairing_jobs, "_plot_curves", lambda model, path: atomic_write_bytes(path, b"png"))
+    monkeypatch.setattr(pairing_jobs, "plot_pairing_curves", lambda members: b"png")
     monkeypatch.setattr(retrieval_train, "plot_curves", lambda history, best: b"png")
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from emit.cli import main
 from emit.pairing.model import PairingModel
-from emit.retrieval.jobs import IndexSearcher
-from emit.retrieval.train import RetrievalModel
+from emit.retrieval.model import RetrievalModel
+from emit.retrieval.search import IndexSearcher
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_884fa63"
 WRITTEN_AT = "/tmp/legacy/out/"  # where the generator ran: the index records absolute image paths

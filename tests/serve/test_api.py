@@ -68,12 +68,13 @@ def test_start_up_loads_what_first_requests_would_otherwise_load(built: Built,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import jieba
 
-    import emit.retrieval.jobs
+    import emit.retrieval.search
     import emit.serve.services
 
     loaded: list[str] = []
-    real = emit.retrieval.jobs.model_backbone
-    monkeypatch.setattr(emit.retrieval.jobs, "model_backbone", lambda m: loaded.append("backbone") or real(m))
+    real = emit.retrieval.search.model_backbone
+    monkeypatch.setattr(emit.retrieval.search, "model_backbone",
+                        lambda m: loaded.append("backbone") or real(m))
     monkeypatch.setattr(jieba.dt, "initialized", False)  # as in a fresh process
     search = SearchService(built.index, None, built.cache)
     assert loaded == ["backbone"] and jieba.dt.initialized  # before any request

@@ -188,8 +188,8 @@ def test_serve_refuses_bad_settings(built: Built, caplog: pytest.LogCaptureFixtu
 
 def test_serve_without_the_serve_extra_says_how_to_install(caplog: pytest.LogCaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import emit.cli_serve
+    import emit.cli.serve
 
-    monkeypatch.setattr(emit.cli_serve, "missing_modules", lambda: ["fastapi", "uvicorn"])
+    monkeypatch.setattr(emit.cli.serve, "missing_modules", lambda: ["fastapi", "uvicorn"])
     assert main(["serve", "--threads", "1", "--index", "idx"]) == 2
     assert "pip install 'emit[serve]'" in errors_of(caplog)

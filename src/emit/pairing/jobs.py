@@ -21,6 +21,7 @@ from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import PairingModel
 from emit.pairing.pipeline import ProductDecision, check_backbone, predict_products, train_pairing
 from emit.pairing.report import evaluate_pairing, write_report
+from emit.plots import plot_pairing_curves
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import Backbone, create_backbone
 from emit.vision.features import default_cache_dir
@@ -76,7 +77,7 @@ def write_model_folder(out: str | os.PathLike[str], model: PairingModel, problem
     with folder_commit(out, label="pairing-model") as commit:
         _commit_tuned_backbone(out, model.config, commit)
         model.save(out)
-        _plot_curves(model, png)
+        atomic_write_bytes(png, plot_pairing_curves([member.info for member in model.members]))
         write_problems(problems, out / TRAIN_PROBLEMS)
     return png
 
@@ -171,36 +172,4 @@ def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
     with folder_commit(prefix.parent, label=prefix.name, manifest=False):  # the JSON and its plot together
         json_path, png_path = write_report(report, prefix)
     return report, json_path, png_path
-
-
-def _plot_curves(model: PairingModel, path: Path) -> Path:
-    """Loss (log scale) and validation top-1 of every bag member, as a PNG beside the model."""
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    loss_ax, top1_ax = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    for k, member in enumerate(model.members):
-        info = member.info
-        (line,) = loss_ax.plot(info.get("train_loss", []), label=f"member {k} train")
-        colour = line.get_color()
-        if info.get("val_loss"):
-            loss_ax.plot(info["val_loss"], "--", color=colour, label=f"member {k} val")
-        if info.get("val_top1"):
-            top1_ax.plot(info["val_top1"], color=colour, label=f"member {k}")
-            top1_ax.axvline(info["best_epoch"] - 1, color=colour, alpha=0.3)
-    loss_ax.set_yscale("log")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss (dashed: validation)")
-    top1_ax.set(xlabel="epoch", ylabel="share", ylim=(0, 1.02),
-                title="validation images whose tag ranks first\n(vertical line: kept epoch)")
-    for ax in (loss_ax, top1_ax):
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
 

@@ -6,18 +6,16 @@ in a :class:`ProblemLog` and scores such images as wrong, so a bad prediction fi
 lower the score but never silently raise it. Named baselines (e.g. the paper's
 single-class colour baseline) are scored the same way, for a side-by-side comparison.
 
-:func:`write_report` writes the report as JSON plus a PNG, both atomically;
+:func:`write_report` writes the report as JSON plus a PNG (:func:`emit.plots.plot_pairing_report`),
+both atomically;
 :func:`format_report` gives the short text summary for the command line.
 """
 
 from __future__ import annotations
 
-import functools
-import io
 import logging
 import os
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from emit.config import versions
 from emit.data.products import Product, brief, read_truth
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.metrics import confused_pairs, pairing_scores
+from emit.plots import PLOT_LABEL, per_size, plot_pairing_report
 from emit.problems import EmitError, ProblemLog
 
 log = logging.getLogger("emit")
@@ -33,20 +32,9 @@ log = logging.getLogger("emit")
 Predictions = str | os.PathLike[str] | Mapping[str, Any]
 
 REPORT_NAME = "pairing_report"  # file stem used when write_report is given a folder
-TOP_CONFUSIONS = 20  # kept in the JSON; the plot shows the first PLOT_CONFUSIONS
-PLOT_CONFUSIONS = 15
+TOP_CONFUSIONS = 20  # kept in the JSON; the plot shows the first emit.plots.PLOT_CONFUSIONS
 _SURROGATE = re.compile("[\ud800-\udfff]")  # from a broken \\uXXXX escape
-PLOT_LABEL = 40  # characters of a tag shown in the plot: a huge tag must not break the render
 SCORE_KEYS = ("accuracy", "exact_match", "images", "correct", "products", "exact", "per_size")
-
-# Families that cover simplified Chinese, most common first (Linux, then macOS/Windows).
-CJK_FAMILIES = (
-    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Noto Serif CJK SC",
-    "Source Han Sans SC", "Source Han Sans CN", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-    "Droid Sans Fallback", "AR PL UMing CN", "AR PL UKai CN", "PingFang SC", "Heiti SC",
-    "Hiragino Sans GB", "Microsoft YaHei", "SimHei", "Arial Unicode MS",
-)
-CJK_FONT_HINT = "install a CJK font, e.g. Debian/Ubuntu: apt install fonts-noto-cjk"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -245,149 +233,8 @@ def write_report(report: Mapping[str, Any], out_dir_or_prefix: str | os.PathLike
     """
     json_path, png_path = _out_paths(out_dir_or_prefix)
     atomic_write_json(json_path, report)  # first: the numbers matter more than the picture
-    atomic_write_bytes(png_path, render_png(report))
+    atomic_write_bytes(png_path, plot_pairing_report(report))
     return json_path, png_path
-
-
-@functools.lru_cache(maxsize=1)
-def _register_packaged_cjk_font(font_manager: Any) -> None:
-    """Noto Sans CJK ships as a PyPI dependency (cvttf-notosanscjk-regular), so plots show
-    Chinese tags on machines without system CJK fonts; matplotlib does not look there itself."""
-    try:
-        import cvttf_NotoSansCJK_Regular as packaged
-    except ImportError:
-        return
-    path = Path(packaged.__file__).with_name("NotoSansCJKtc-Regular.otf")
-    if path.is_file() and all(f.fname != str(path) for f in font_manager.fontManager.ttflist):
-        font_manager.fontManager.addfont(str(path))
-
-
-def cjk_font() -> str | None:
-    """Name of a font matplotlib can use for Chinese tags, or None if none is installed."""
-    from matplotlib import font_manager
-    from matplotlib.ft2font import FT2Font
-
-    _register_packaged_cjk_font(font_manager)
-    fonts = font_manager.fontManager.ttflist
-    names = {f.name for f in fonts}
-    for family in CJK_FAMILIES:
-        if family in names:
-            return family
-    for f in fonts:  # any other font that has the glyphs (e.g. a vendor font)
-        if f.name.startswith("Last Resort"):  # matplotlib's placeholder-box font
-            continue
-        try:
-            if all(FT2Font(f.fname).get_char_index(ord(c)) for c in "黑色"):
-                return f.name
-        except (OSError, RuntimeError, ValueError):
-            continue
-    log.warning("no CJK font found by matplotlib; Chinese tags in plots will show as boxes "
-                "-- %s", CJK_FONT_HINT)
-    return None
-
-
-def _pct(value: float | None) -> float:
-    return 0.0 if value is None else 100.0 * value
-
-
-def _per_size(scores: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
-    # keys are int in memory but str after a JSON round trip
-    return {int(k): v for k, v in scores.get("per_size", {}).items()}
-
-
-def render_png(report: Mapping[str, Any]) -> bytes:
-    """The report figure as PNG bytes: (a) Acc/EM per system, (b) Acc by size, (c) confusions.
-
-    Uses the Agg canvas directly (no pyplot, no display, no global backend switch). Without
-    a CJK font, the missing-glyph warnings are suppressed and tags still label the bars.
-    """
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    font = cjk_font()
-    rc: dict[str, Any] = {}
-    if font is not None:
-        rc = {"font.family": "sans-serif",
-              "font.sans-serif": [font, *matplotlib.rcParams["font.sans-serif"]]}
-    systems: list[tuple[str, Mapping[str, Any]]] = [(str(report.get("name", "method")), report)]
-    systems += list(report.get("baselines", {}).items())
-
-    with matplotlib.rc_context(rc), warnings.catch_warnings():
-        # one warning per missing glyph per draw would flood the log; the title says it once
-        warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
-        fig = Figure(figsize=(12, 9), layout="constrained")
-        FigureCanvasAgg(fig)
-        grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.2])
-        _plot_scores(fig.add_subplot(grid[0, 0]), systems)
-        _plot_sizes(fig.add_subplot(grid[0, 1]), systems)
-        _plot_confusions(fig.add_subplot(grid[1, :]), report.get("confused_pairs", []))
-        title = (f"Pairing: {report.get('products', 0)} products, "
-                 f"{report.get('images', 0)} images scored")
-        if font is None:
-            title += "\n(no CJK font found: Chinese tags show as boxes; " + CJK_FONT_HINT + ")"
-        fig.suptitle(title)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
-def _plot_scores(ax: Any, systems: list[tuple[str, Mapping[str, Any]]]) -> None:
-    x = list(range(len(systems)))
-    width = 0.38
-    for offset, key, label in ((-width / 2, "accuracy", "Acc"), (width / 2, "exact_match", "EM")):
-        bars = ax.bar([i + offset for i in x], [_pct(s.get(key)) for _, s in systems],
-                      width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(x, [name for name, _ in systems])
-    ax.set_ylim(0, 119)  # headroom above 100 for the legend
-    ax.set_ylabel("%")
-    ax.set_title("(a) accuracy and exact match")
-    ax.legend(loc="upper right", ncols=2, fontsize=8)
-
-
-def _plot_sizes(ax: Any, systems: list[tuple[str, Mapping[str, Any]]]) -> None:
-    tables = [(name, _per_size(s)) for name, s in systems]
-    sizes = sorted({size for _, t in tables for size in t})
-    if not sizes:
-        ax.text(0.5, 0.5, "no scored products", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("(b) accuracy by product size")
-        return
-    width = 0.8 / len(tables)
-    for j, (name, table) in enumerate(tables):
-        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(sizes))]
-        bars = ax.bar(xs, [_pct(table.get(s, {}).get("accuracy")) for s in sizes], width,
-                      label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)  # a 0 % bar is otherwise invisible
-    counts = tables[0][1]
-    ax.set_xticks(range(len(sizes)),
-                  [f"{s}\n({counts.get(s, {}).get('products', 0)} prod.)" for s in sizes])
-    ax.set_ylim(0, 119)
-    ax.set_xlabel("images per product")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("(b) accuracy by product size")
-    if len(tables) > 1:
-        ax.legend(loc="upper right", ncols=min(len(tables), 3), fontsize=8)
-
-
-def _plot_confusions(ax: Any, pairs: Sequence[Sequence[Any]]) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    pairs = list(pairs)[:PLOT_CONFUSIONS]
-    ax.set_title("(c) most frequent confusions (true → predicted)")
-    if not pairs:
-        ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return
-    labels = [f"{brief(t, PLOT_LABEL)} → {brief(p, PLOT_LABEL)}" for t, p, _ in pairs]
-    counts = [int(n) for _, _, n in pairs]
-    bars = ax.barh(range(len(pairs)), counts)
-    ax.bar_label(bars, fontsize=8)
-    ax.set_yticks(range(len(pairs)), labels)
-    ax.invert_yaxis()  # most frequent on top
-    ax.set_xlim(0, max(counts) * 1.08)  # room for the count labels
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("images")
 
 
 def format_report(report: Mapping[str, Any], *, confusions: int = 5) -> str:
@@ -404,7 +251,7 @@ def format_report(report: Mapping[str, Any], *, confusions: int = 5) -> str:
         lines.append(f"  {name:<{width}}  Acc {pct(s.get('accuracy'))}  "
                      f"EM {pct(s.get('exact_match'))}  ({s.get('correct', 0)}/{s.get('images', 0)}"
                      f" images, {s.get('exact', 0)}/{s.get('products', 0)} products)")
-    sizes = _per_size(report)
+    sizes = per_size(report)
     if sizes:
         lines.append("  by size: " + "  ".join(
             f"{k}: {pct(v.get('accuracy')).strip()} (n={v.get('products', 0)})"

@@ -10,17 +10,19 @@ away: ``--loss patr --mining any --num-layers 5 --no-normalise-images --no-image
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
+from emit.config import BACKBONE_HELP, setting
 from emit.problems import EmitError
+from emit.retrieval.encoders.names import ENCODER_SETTINGS, encoder_settings, list_text_encoders
+from emit.retrieval.losses.registry import get_loss, list_losses, loss_metric
+from emit.retrieval.metric import Metric
 
 TASKS = ("multitask", "titles", "clicks")
 MINING_MODES = ("any", "all", "none")
 CLICK_WEIGHTS = ("none", "log", "count")
 LR_SCHEDULES = ("constant", "cosine")
-# the registered text encoders (emit.retrieval.encoders), named here so the CLI need not import torch
-TEXT_ENCODERS = ("lstm", "minilm", "e5", "minilm+e5")
 
 
 @dataclass
@@ -28,65 +30,81 @@ class RetrievalConfig:
     """Everything that decides a retrieval model (``emit retrieval train``)."""
 
     # image side: a frozen CNN; its pooled features are the space texts are mapped into
-    backbone: str = "efficientnet-lite0"
-    weights: str | None = None  # local checkpoint for the backbone
-    normalise_images: bool = True  # L2-normalise the image features (the paper keeps them raw; measured)
-    image_projection: bool = True  # beyond the paper: also learn a linear map of the image side (measured)
+    backbone: str = setting("efficientnet-lite0", "frozen image backbone: " + BACKBONE_HELP,
+                            names="backbones")
+    weights: str | None = setting(None, "local checkpoint for the backbone")
+    # the paper keeps the image features raw (measured)
+    normalise_images: bool = setting(True, "L2-normalise the image features")
+    image_projection: bool = setting(  # measured
+        True, "also learn a linear map of the image features (beyond the paper)")
     # text side
     # 'lstm' (the paper), or frozen sentence model(s) + MLP: 'minilm', 'e5' (multilingual) or
     # 'minilm+e5' (both side by side; the best we measured on Flickr8k)
-    encoder: str = "lstm"
-    vectors: str | None = None  # word vectors for 'lstm': None = GloVe 6B-50d package; or a file
-    hidden: int = 256  # LSTM width (our choice; the paper gives only the depth)
+    encoder: str = setting("lstm", "text encoder: lstm (the paper), or frozen sentence model(s) + a "
+                                   "trained MLP (the others)", choices="text_encoders")
+    vectors: str | None = setting(None, "word vectors for lstm: a GloVe .txt, fastText .vec or .bin file "
+                                        "(if not given: the GloVe 6B-50d package)")
+    hidden: int = setting(256, "LSTM width")  # our choice; the paper gives only the depth
     # The paper stacks 5 layers; one trains faster and better on our data (measured).
-    num_layers: int = 1
-    dropout: float = 0.25  # between LSTM layers (the paper), so none with the default 1 layer
-    min_count: int = 2  # words without a vector are kept if seen this often
-    max_tokens: int = 48
+    num_layers: int = setting(1, "LSTM layers")
+    # between LSTM layers (the paper), so none with the default 1 layer
+    dropout: float = setting(0.25, "dropout between LSTM layers")
+    min_count: int = setting(2, "keep words without a vector seen this often")
+    max_tokens: int = setting(48, "tokens read per text")
+    # the sentence encoders' trained MLP, from the frozen embedding to the image space
+    mlp_hidden: int = setting(1024, "hidden width of the sentence encoders' MLP (0 = one linear layer)")
+    mlp_dropout: float = setting(0.1, "dropout in the sentence encoders' MLP")
     # objective
     # patr (the paper) | triplet | l2 | vse | infonce. InfoNCE over cosine similarities ranks far
     # better than PATR on squared distances in our measurements, so it is the default.
-    loss: str = "infonce"
+    loss: str = setting("infonce", "training loss", choices="losses")
     # In squared-distance units. None: the median squared distance from a training image to its
     # n_negatives-th nearest image in a random batch, where hard negatives sit (our choice; the
     # scale of CNN features varies with the backbone and normalisation).
-    margin: float | None = None
-    n_negatives: int = 5  # mined in-batch negatives per anchor (patr, triplet)
-    mining: Literal["any", "all", "none"] = "any"  # which in-batch texts may not give negatives
+    margin: float | None = setting(None, "loss margin in squared-distance units (if not given: the median "
+                                         "squared distance from an image to its n-negatives-th nearest "
+                                         "image in a batch)")
+    n_negatives: int = setting(5, "in-batch hard negatives per anchor (patr, triplet)")
+    mining: Literal["any", "all", "none"] = setting(
+        "any", "never take negatives from texts sharing any / all of the anchor's words, or only exclude "
+               "the same image (none)")
     # Comma-separated words that never block a negative, on top of the English stopwords.
     # Catalogue texts repeat words like "men" or "women" everywhere; with mining 'any' they
     # would otherwise remove every same-gender negative, the hardest ones.
-    extra_stopwords: str = ""
-    temperature: float = 0.07  # infonce only
-    click_weight: Literal["none", "log", "count"] = "log"  # per-pair weight of a clicked query
-    tasks: Literal["multitask", "titles", "clicks"] = "multitask"
+    extra_stopwords: str = setting("", "comma-separated words that never block a negative, e.g. "
+                                       "'men,women' for catalogue texts (added to the English stopwords)")
+    temperature: float = setting(0.07, "InfoNCE temperature")
+    click_weight: Literal["none", "log", "count"] = setting(
+        "log", "weight of a clicked query: none, log(1 + clicks), clicks")
+    tasks: Literal["multitask", "titles", "clicks"] = setting(
+        "multitask", "multitask (titles + clicks, the paper's eq. 4), titles or clicks")
     # optimisation
-    batch_size: int = 512
-    lr: float = 1e-3
+    batch_size: int = setting(512, "pairs per task and step")
+    lr: float = setting(1e-3, "Adam learning rate")
     # 'cosine': lr * (1 + cos(pi * step / total steps)) / 2, set every step, so a resumed run
     # continues the same curve (our choice; it helped the sentence-model encoders, measured)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    beta1: float = 0.99  # the paper's Adam beta1
-    beta2: float = 0.999
-    grad_clip: float = 10.0  # max gradient norm; 0 = off (our choice, for the deep LSTM)
-    epochs: int = 10
-    val_fraction: float = 0.1  # share of training *images* held out for validation each epoch
-    seed: int = 0
+    lr_schedule: Literal["constant", "cosine"] = setting(
+        "constant", "constant, or cosine: decay to 0 over the epochs, per step")
+    beta1: float = setting(0.99, "Adam beta1 (the paper: 0.99)")
+    beta2: float = setting(0.999, "Adam beta2")
+    grad_clip: float = setting(10.0, "clip the gradient norm (0 = off)")  # our choice, for the deep LSTM
+    epochs: int = setting(10, "training epochs (a killed run resumes, and may be given more epochs before "
+                              "it has finished, except with --lr-schedule cosine)")
+    val_fraction: float = setting(0.1, "share of images held out for validation (0 = none)")
+    seed: int = setting(0, "random seed")
 
     def validate(self) -> RetrievalConfig:
-        from emit.retrieval.encoders import list_text_encoders
-        from emit.retrieval.losses import LOSSES, NEEDS_NEGATIVES
-
         checks = [
             (isinstance(self.backbone, str) and bool(self.backbone.strip()), "backbone must be named"),
             (self.encoder in list_text_encoders(),
              f"encoder must be one of {', '.join(list_text_encoders())}"),
-            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
+            (self.loss in list_losses(), f"loss must be one of {', '.join(list_losses())}"),
             (self.mining in MINING_MODES, "mining must be 'any', 'all' or 'none'"),
             (self.tasks in TASKS, "tasks must be 'multitask', 'titles' or 'clicks'"),
             (self.click_weight in CLICK_WEIGHTS, "click_weight must be 'none', 'log' or 'count'"),
             (self.margin is None or self.margin >= 0, "margin must be >= 0 (or None for automatic)"),
-            (self.n_negatives >= 1 or self.loss not in NEEDS_NEGATIVES,
+            (self.n_negatives >= 1 or self.loss not in list_losses()
+             or not get_loss(self.loss).needs_negatives,
              f"n_negatives must be >= 1 for the {self.loss} loss"),
             (self.n_negatives >= 0, "n_negatives must be >= 0"),
             (self.temperature > 0, "temperature must be positive"),
@@ -99,13 +117,24 @@ class RetrievalConfig:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (min(self.hidden, self.num_layers, self.min_count, self.max_tokens) >= 1,
              "hidden, num_layers, min_count and max_tokens must be >= 1"),
+            (self.mlp_hidden >= 0 and 0 <= self.mlp_dropout < 1,
+             "mlp_hidden must be >= 0 and mlp_dropout in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise EmitError(f"bad retrieval configuration: {message}")
+        # a setting only another kind of encoder reads would be silently ignored: refuse it
+        reads = encoder_settings(self.encoder)
+        for f in fields(self):
+            if f.name in ENCODER_SETTINGS - reads and getattr(self, f.name) != f.default:
+                raise EmitError(f"bad retrieval configuration: {f.name} = {getattr(self, f.name)!r} is not "
+                                f"used by the {self.encoder} text encoder (it reads "
+                                f"{', '.join(sorted(reads))}); leave {f.name} at its default "
+                                f"({f.default!r}), or choose an encoder that reads it")
         return self
 
     @property
-    def metric(self) -> Literal["l2", "ip"]:
-        """How texts and images are compared: squared L2 (the paper), or cosine for InfoNCE."""
-        return "ip" if self.loss == "infonce" else "l2"
+    def metric(self) -> Metric:
+        """How texts and images are compared: the loss's metric (emit.retrieval.losses.registry):
+        squared L2 (the paper), or cosine for InfoNCE."""
+        return loss_metric(self.loss)

@@ -1,17 +1,23 @@
-"""Distances, similarities and helpers shared by the retrieval losses and the negative miner.
+"""The score maths of retrieval, in one place: distances, the score matrix, and the grouping
+helpers shared by the losses, the negative miner, evaluation and the hubness correction.
 
 The paper scores a text-image pair by the squared Euclidean distance ``d(a, b) = ||a - b||^2``
-between the text embedding and the CNN image feature; VSE++ and InfoNCE use cosine similarity.
+between the text embedding and the CNN image feature (metric ``'l2'``); InfoNCE models compare
+unit vectors by their inner product, i.e. cosine similarity (metric ``'ip'``). Every score
+matrix -- in a loss, in evaluation, in the hubness bias -- comes from :func:`score_matrix`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from emit.problems import EmitError
+from emit.retrieval.metric import check_metric
 
 Reduction = Literal["mean", "sum", "none"]
 IdsLike = torch.Tensor | np.ndarray | Sequence[Hashable]
@@ -42,11 +48,62 @@ def rowwise_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).sum(dim=-1)
 
 
-def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B, D) and (N, D) -> (B, N) cosine similarities; a zero vector has similarity 0."""
+@overload
+def score_matrix(a: torch.Tensor, b: torch.Tensor, metric: str = "l2") -> torch.Tensor: ...
+@overload
+def score_matrix(a: Any, b: Any, metric: str = "l2") -> np.ndarray: ...
+
+
+def score_matrix(a: Any, b: Any, metric: str = "l2") -> torch.Tensor | np.ndarray:
+    """(B, D) and (N, D) -> (B, N) scores, higher meaning a better match.
+
+    ``metric`` (:mod:`emit.retrieval.metric`): ``'l2'`` gives ``-||a_i - b_j||^2``
+    (:func:`pairwise_sq_dist`), ``'ip'`` the inner product ``a_i . b_j`` -- the cosine when the
+    rows are unit vectors, as a model's 'ip' vectors are (a loss normalises first:
+    :func:`unit_rows`). Two tensors give a tensor (with gradients, in their dtype); anything
+    else (numpy arrays: evaluation, the hubness bias) is scored in float64 and returned as numpy.
+    """
+    check_metric(metric)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        _check_pair(a, b)
+        return -pairwise_sq_dist(a, b) if metric == "l2" else a @ b.T
+    x = torch.as_tensor(np.asarray(a), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+    _check_pair(x, y)
+    return (-pairwise_sq_dist(x, y) if metric == "l2" else x @ y.T).numpy()
+
+
+class ShapeError(EmitError, ValueError):
+    """Vectors that cannot be scored against each other."""
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected (B, D) and (N, D), got {tuple(a.shape)} and {tuple(b.shape)}")
-    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+        raise ShapeError(f"text and image vectors must be (T, D) and (I, D); "
+                         f"got {tuple(a.shape)}, {tuple(b.shape)}")
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (a zero row stays zero): cosine is ``'ip'`` of unit rows."""
+    return F.normalize(x, dim=1)
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows of ``x`` scaled to unit length (rows of norm below 1e-12 are divided by 1e-12)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def text_groups(texts: Sequence[str] | None, n: int) -> np.ndarray:
+    """(n,) the first index holding each text (case and spacing folded): equal codes mean the
+    same text, counted once as a query and never each other's negative; ``arange(n)`` without texts."""
+    if texts is None:
+        return np.arange(n)
+    if len(texts) != n:
+        raise EmitError(f"{len(texts)} texts for {n} captions")
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(" ".join(str(t).casefold().split()), i) for i, t in enumerate(texts)],
+                    dtype=np.int64)
 
 
 def id_codes(ids: IdsLike, device: torch.device | None = None) -> torch.Tensor:

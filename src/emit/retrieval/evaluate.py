@@ -24,51 +24,40 @@ mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
   text, its captions and their copies), since a fixed R = 50 with one relevant item would cap
   AP@R at 1/50.
 
-Scores are the model's: ``-||t - v||^2`` for the paper's squared distance (``metric='l2'``),
-the inner product of unit vectors for ``'ip'``. :func:`write_evaluation` writes one JSON report
-and one PNG plot, each atomically.
+Scores are the model's (:func:`emit.retrieval.distances.score_matrix`): ``-||t - v||^2`` for
+the paper's squared distance (``metric='l2'``), the inner product of unit vectors for ``'ip'``.
+:func:`write_evaluation` writes one JSON report and one PNG plot
+(:func:`emit.plots.plot_evaluation`), each atomically.
+
+During training, :func:`score_validation` scores each epoch on the held-out validation split:
+text -> image R@1/5/10 and the median rank per task, and their mean, which picks the epoch kept.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
 
 from emit.data.captions import Caption, image_indices
 from emit.files import atomic_write_bytes, atomic_write_json
 from emit.metrics import map_at_r, mean_average_precision, median_rank, recall_at_k
+from emit.plots import plot_evaluation
 from emit.problems import EmitError
-from emit.retrieval.distances import pairwise_sq_dist
+from emit.retrieval.distances import score_matrix, text_groups
 from emit.retrieval.hubness import DEFAULT_BETA, HubnessBank, apply_bias, biases, describe, resolve
-
-if TYPE_CHECKING:
-    from emit.retrieval.train import RetrievalModel
+from emit.retrieval.model import RetrievalModel
+from emit.retrieval.pairs import Pairs
 
 KS = (1, 5, 10, 20)
+VAL_KS = (1, 5, 10)  # R@K of the validation split during training
 MAP_R = 50
 CURVE_MAX_K = 100
 DIRECTIONS = ("text_to_image", "image_to_text")
-
-
-def similarity_matrix(text: Any, image: Any, metric: str = "l2") -> np.ndarray:
-    """``(T, D)`` and ``(I, D)`` -> ``(T, I)`` float64 scores, higher = better match."""
-    a = torch.as_tensor(np.asarray(text), dtype=torch.float64)
-    b = torch.as_tensor(np.asarray(image), dtype=torch.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise EmitError(f"text and image vectors must be (T, D) and (I, D); "
-                        f"got {tuple(a.shape)}, {tuple(b.shape)}")
-    if metric == "l2":
-        return (-pairwise_sq_dist(a, b)).numpy()
-    if metric == "ip":
-        return (a @ b.T).numpy()
-    raise EmitError(f"unknown metric {metric!r}; use 'l2' or 'ip'")
 
 
 def image_categories(categories: Sequence[str | None], caption_image: np.ndarray, n_images: int
@@ -100,18 +89,6 @@ def _curve(s: np.ndarray, relevant: list[list[int]], ks: Sequence[int]) -> list[
     return list(recall_at_k(s, relevant, ks).values())
 
 
-def text_groups(texts: Sequence[str] | None, n: int) -> np.ndarray:
-    """(n,) the first caption index holding each caption's text (case and spacing folded);
-    ``arange(n)`` without texts."""
-    if texts is None:
-        return np.arange(n)
-    if len(texts) != n:
-        raise EmitError(f"{len(texts)} texts for {n} captions")
-    first: dict[str, int] = {}
-    return np.array([first.setdefault(" ".join(str(t).casefold().split()), i) for i, t in enumerate(texts)],
-                    dtype=np.int64)
-
-
 def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: str = "l2",
                         categories: Sequence[str | None] | None = None, ks: Sequence[int] = KS,
                         R: int = MAP_R, texts: Sequence[str] | None = None,
@@ -128,7 +105,7 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
     images, and the first copy of such a query could otherwise never rank them all first), and
     an image finds any copy of its texts.
     """
-    s = similarity_matrix(text, image, metric)
+    s = score_matrix(text, image, metric)
     n_text, n_image = s.shape
     if n_text == 0 or n_image == 0:
         raise EmitError("nothing to evaluate: no captions or no images")
@@ -266,43 +243,6 @@ def format_evaluation(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_evaluation(report: dict[str, Any]) -> bytes:
-    """PNG: R@K bars of both directions, and recall as K grows."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    bars, curve = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    keys = [k for k in report["text_to_image"] if k.startswith("R@")]
-    xs = np.arange(len(keys))
-    width = 0.38
-    for offset, direction in zip((-width / 2, width / 2), DIRECTIONS, strict=True):
-        values = [report[direction][k] for k in keys]
-        rects = bars.bar(xs + offset, values, width, label=direction.replace("_", " → "))
-        bars.bar_label(rects, fmt="%.1f", fontsize=7)
-    bars.set_xticks(xs, keys)
-    bars.set(ylabel="recall (%)", ylim=(0, 110),
-             title=f"median rank: text→image {report['text_to_image']['median_rank']:g}, "
-                   f"image→text {report['image_to_text']['median_rank']:g}")
-    bars.legend(fontsize=8)
-    rc = report["recall_curve"]
-    for direction in DIRECTIONS:
-        curve.plot(rc["K"], rc[direction], label=direction.replace("_", " → "))
-    if len(rc["K"]) > 1:
-        curve.set_xscale("log")
-    m = report["map_at_r"]
-    maps = ", ".join(f"{m[d]:.3f}" for d in DIRECTIONS if m[d] is not None) or "n/a"
-    curve.set(xlabel="K", ylabel="R@K (%)", ylim=(0, 101),
-              title=f"recall vs K; mAP@R ({m['relevance']}) t→i, i→t: {maps}")
-    curve.title.set_fontsize(9)
-    curve.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
-
-
 def write_evaluation(report: dict[str, Any], prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write ``<prefix>.json`` and ``<prefix>.png`` atomically; returns both paths."""
     prefix = Path(prefix)
@@ -311,3 +251,32 @@ def write_evaluation(report: dict[str, Any], prefix: str | os.PathLike[str]) -> 
     atomic_write_json(json_path, report)
     atomic_write_bytes(png_path, plot_evaluation(report))
     return json_path, png_path
+
+
+# --------------------------------------------------------------------------- during training
+
+
+def score_validation(model: RetrievalModel, features: np.ndarray, val: Mapping[str, Pairs],
+                     ks: Sequence[int] = VAL_KS) -> dict[str, Any]:
+    """Text-to-image R@K and median rank of each task's held-out texts among all held-out images.
+
+    ``features`` are raw image features (normalisation and projection are applied here). Returns
+    ``{task: {"R@1": ..., "median_rank": ...}, "score": mean over tasks of mean R@K}``.
+    """
+    val = {k: v for k, v in val.items() if len(v)}
+    if not val:
+        return {"score": None}
+    rows = np.unique(np.concatenate([p.images for p in val.values()]))
+    col_of = {int(r): j for j, r in enumerate(rows)}
+    images = model.image_vectors(features[rows])
+    out: dict[str, Any] = {}
+    scores = []
+    for task, pairs in val.items():
+        s = score_matrix(model.text_vectors(pairs.texts), images, model.metric)
+        relevant = [[col_of[int(r)]] for r in pairs.images]
+        recall = recall_at_k(s, relevant, ks)
+        out[task] = {**{f"R@{k}": v for k, v in recall.items()}, "median_rank": median_rank(s, relevant),
+                     "texts": len(pairs), "images": len(rows)}
+        scores.append(float(np.mean(list(recall.values()))))
+    out["score"] = float(np.mean(scores))
+    return out

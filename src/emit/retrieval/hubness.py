@@ -11,7 +11,7 @@ is to a *bank* of typical queries::
 The bank holds queries of the other modality that training saw: training *images* for the
 texts searched from an image (direction ``image_to_text``), training *texts* for the images
 searched from a text (``text_to_image``). ``s`` is the model's own score (the same
-:func:`emit.retrieval.evaluate.similarity_matrix`): cosine for ``metric='ip'``, minus the
+:func:`emit.retrieval.distances.score_matrix`): cosine for ``metric='ip'``, minus the
 squared distance for ``'l2'``; ``beta`` is in those units. As beta grows the bias tends to the
 candidate's best bank score, as it shrinks to the mean bank score plus log(bank size) / beta.
 
@@ -22,29 +22,32 @@ index stores one extra coordinate per candidate and the query one constant.
 
 The bank of a run is :class:`HubnessBank` (``hubness_bank.safetensors`` in the run folder),
 written by :func:`emit.retrieval.train.train_retrieval` from the images and texts it trained
-on (its validation images excluded), so evaluation on held-out images never sees them in it.
+on (its validation images excluded), so evaluation on held-out images never sees them in it;
+:func:`bank_usable` tells whether a run's bank can be read and belongs to its model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from emit.files import atomic_write_bytes
 from emit.problems import EmitError
+from emit.retrieval.distances import score_matrix
+from emit.retrieval.layout import BANK_FILE
+from emit.retrieval.model import RetrievalModel
 
-if TYPE_CHECKING:
-    from emit.retrieval.train import RetrievalModel
+log = logging.getLogger("emit")
 
-BANK_FILE = "hubness_bank.safetensors"
 BANK_FORMAT = "1"
 DIRECTIONS = ("auto", "none", "image_to_text", "text_to_image", "both")
 # Chosen on emit's inner validation split of the Flickr8k training images, never on the
@@ -94,11 +97,10 @@ def bank_bias(candidates: Any, bank: Any, *, beta: float = DEFAULT_BETA, metric:
     """(N,) float64: ``(1/beta) log sum_b exp(beta s(b, c))`` for each candidate row ``c``.
 
     ``candidates`` (N, D) and ``bank`` (M, D) are vectors in the model's space; scores come from
-    :func:`similarity_matrix` with ``metric``. Both sides are taken ``chunk`` rows at a time and
-    the log-sum-exp is accumulated, so memory stays at ``chunk^2`` scores whatever N and M are.
+    :func:`~emit.retrieval.distances.score_matrix` with ``metric``. Both sides are taken
+    ``chunk`` rows at a time and the log-sum-exp is accumulated, so memory stays at ``chunk^2``
+    scores whatever N and M are.
     """
-    from emit.retrieval.evaluate import similarity_matrix  # evaluate imports this module
-
     beta = check_beta(beta)
     c = np.asarray(candidates, dtype=np.float32)
     b = np.asarray(bank, dtype=np.float32)
@@ -110,7 +112,7 @@ def bank_bias(candidates: Any, bank: Any, *, beta: float = DEFAULT_BETA, metric:
     for i in range(0, c.shape[0], chunk):
         acc = torch.full((min(chunk, c.shape[0] - i),), -torch.inf, dtype=torch.float64)
         for j in range(0, b.shape[0], chunk):
-            z = beta * torch.from_numpy(similarity_matrix(c[i:i + chunk], b[j:j + chunk], metric))
+            z = beta * torch.from_numpy(score_matrix(c[i:i + chunk], b[j:j + chunk], metric))
             acc = torch.logaddexp(acc, torch.logsumexp(z, dim=1))  # running log-sum-exp over the bank
         out[i:i + chunk] = (acc / beta).numpy()
     return out
@@ -253,6 +255,19 @@ def build_bank(model: RetrievalModel, features: Any, image_rows: Any, texts: Seq
     distinct = [distinct[i] for i in _sample(len(distinct), max_rows, seed + 1)]
     x = np.asarray(features, dtype=np.float32)
     return HubnessBank(model.image_vectors(x[rows]), model.text_vectors(distinct), _identity_sha(model))
+
+
+def bank_usable(folder: str | os.PathLike[str], model: RetrievalModel) -> bool:
+    """Does ``folder`` hold a readable hubness bank written for ``model``?"""
+    if not (Path(folder) / BANK_FILE).is_file():
+        return False
+    try:
+        HubnessBank.load(folder, model)
+    except EmitError as exc:
+        log.warning("%s: its hubness bank is unreadable or another model's; writing it again", folder)
+        log.debug("%s", exc)
+        return False
+    return True
 
 
 def biases(text: Any, image: Any, bank: HubnessBank | None, direction: str, *, beta: float = DEFAULT_BETA,

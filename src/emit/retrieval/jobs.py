@@ -7,25 +7,24 @@ returns a small summary dict for the command line to print.
 An index folder holds the FAISS index of the images (:mod:`emit.retrieval.index`, whose
 manifest records the backbone's and the model's identities), optionally ``texts/``, an index of
 caption texts for image -> text search, and ``retrieval_index.json``, which names the model
-folder that built it, so ``emit search IDX "text"`` finds the text encoder by itself.
+folder that built it, so ``emit search IDX "text"`` finds the text encoder by itself
+(:class:`emit.retrieval.search.IndexSearcher` opens it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emit.commit import folder_commit, verify_folder, write_problems
+from emit.commit import folder_commit, write_problems
 from emit.data.captions import Caption, image_indices, read_captions
-from emit.files import atomic_write_json, read_json
+from emit.files import atomic_write_json
 from emit.problems import EmitError, ProblemLog
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.evaluate import evaluate_captions, write_evaluation
@@ -38,9 +37,12 @@ from emit.retrieval.hubness import (
     index_correction,
     resolve,
 )
-from emit.retrieval.index import INDEX_FILE, KINDS, SearchIndex, build_index, load_index
-from emit.retrieval.index import MANIFEST_FILE as INDEX_MANIFEST
-from emit.retrieval.train import CURVES, Pairs, RetrievalModel, train_retrieval
+from emit.retrieval.index import INDEX_FILE, KINDS, MANIFEST_FILE, SearchIndex, build_index
+from emit.retrieval.layout import CURVES
+from emit.retrieval.model import RetrievalModel, model_backbone
+from emit.retrieval.pairs import Pairs
+from emit.retrieval.search import INDEX_MODEL_FILE, TEXTS_DIR, IndexSearcher, check_query, check_target
+from emit.retrieval.train import train_retrieval
 from emit.split import in_validation
 from emit.text.vectors import WordVectors
 from emit.vision.backbones import Backbone, create_backbone
@@ -49,28 +51,12 @@ from emit.vision.features import default_cache_dir, extract_features
 log = logging.getLogger("emit")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-INDEX_MODEL_FILE = "retrieval_index.json"
-TEXTS_DIR = "texts"
-TARGETS = ("images", "texts")
 
 PathLike = str | os.PathLike[str]
 
 
 def _cache(cache_dir: PathLike | None) -> Path:
     return Path(cache_dir) if cache_dir else default_cache_dir()
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
-def model_backbone(model: RetrievalModel) -> Backbone:
-    """The image backbone the model was trained on, refusing one whose identity has changed."""
-    backbone = create_backbone(model.config.backbone, weights=model.config.weights)
-    if model.backbone is not None and not _same(model.backbone, backbone.identity):
-        raise EmitError(f"backbone {model.config.backbone!r} is not the one the model was trained with "
-                        "(its weights or preprocessing differ); use the same weights, or retrain")
-    return backbone
 
 
 def _features(paths: Sequence[Path], backbone: Backbone, cache_dir: PathLike | None, problems: ProblemLog,
@@ -303,7 +289,7 @@ def write_index_folder(out: Path, images: SearchIndex, texts: SearchIndex | None
         if texts is not None:
             texts.save(out / TEXTS_DIR)
         else:
-            for name in (INDEX_FILE, INDEX_MANIFEST):
+            for name in (INDEX_FILE, MANIFEST_FILE):
                 commit.remove(out / TEXTS_DIR / name)
         atomic_write_json(out / INDEX_MODEL_FILE, {"model": str(Path(os.path.abspath(run))),
                                                    "texts": texts is not None, "images": len(images)})
@@ -311,126 +297,6 @@ def write_index_folder(out: Path, images: SearchIndex, texts: SearchIndex | None
 
 
 # --------------------------------------------------------------------------- search
-
-
-def _index_model(index_dir: Path, model_dir: PathLike | None) -> RetrievalModel:
-    if model_dir is None:
-        pointer = index_dir / INDEX_MODEL_FILE
-        if not pointer.is_file():
-            raise EmitError(f"{index_dir}: no {INDEX_MODEL_FILE}; not built by `emit index build`, or pass "
-                            "--model RUN")
-        model_dir = str(read_json(pointer).get("model", ""))
-        if not Path(model_dir).is_dir():
-            raise EmitError(f"{index_dir}: the model it was built with ({model_dir}) is gone; "
-                            "pass --model RUN with that model")
-    return RetrievalModel.load(model_dir)
-
-
-def check_query(text: str | None, image: PathLike | None) -> None:
-    """Refuse a query that names neither or both of a text and an image, or an empty text."""
-    if (text is None) == (image is None):
-        raise EmitError("give either a text query or --image FILE, not both or neither")
-    if text is not None and not text.strip():
-        raise EmitError("the text query is empty")
-
-
-def check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise EmitError(f"unknown search target {target!r}; use 'images' or 'texts'")
-
-
-@dataclass
-class IndexSearcher:
-    """An index folder opened once, for many searches (``emit search`` opens one per call,
-    ``emit serve`` one at start-up): the retrieval model, the image index and, if it was built
-    with ``--texts``, the text index.
-
-    :meth:`query_vectors` runs the model and :meth:`rank` only FAISS, so a server can serialise
-    model calls while searches run in parallel; :meth:`search` does both.
-    """
-
-    folder: Path
-    model: RetrievalModel
-    indexes: dict[str, SearchIndex]  # target ('images' / 'texts') -> index
-    _backbone: Backbone | None = None
-
-    @classmethod
-    def open(cls, index_dir: PathLike, model: PathLike | None = None,
-             targets: Sequence[str] | None = None) -> IndexSearcher:
-        """Load the model and the indexes of ``targets`` (default: images, and texts if built)."""
-        for target in targets or ():
-            check_target(target)
-        folder = Path(index_dir)
-        # index.faiss files are checked against their index.json by load_index: not hashed twice
-        verify_folder(folder, fix=f"build it again with `emit index build RUN IMAGES --out {folder}`",
-                      skip=(INDEX_FILE, f"{TEXTS_DIR}/{INDEX_FILE}"))
-        retrieval = _index_model(folder, model)
-        has_texts = (folder / TEXTS_DIR / INDEX_MANIFEST).is_file()
-        wanted = list(targets) if targets else ["images"] + (["texts"] if has_texts else [])
-        if "texts" in wanted and not has_texts:
-            raise EmitError(f"{folder}: has no text index; "
-                            "build it with `emit index build ... --texts CAPTIONS`")
-        indexes = {t: load_index(folder / TEXTS_DIR if t == "texts" else folder,
-                                 expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
-                   for t in wanted}
-        return cls(folder, retrieval, indexes)
-
-    @property
-    def backbone(self) -> Backbone:
-        if self._backbone is None:
-            self._backbone = model_backbone(self.model)
-        return self._backbone
-
-    def query_vectors(self, text: str | None = None, *, image: PathLike | None = None,
-                      cache_dir: PathLike | None = None) -> np.ndarray:
-        """The (1, D) query vector of a text, or of an image file (its features are cached)."""
-        check_query(text, image)
-        if text is not None:
-            return self.model.text_vectors([text])
-        problems = ProblemLog(echo=False)
-        feats, ok = _features([Path(image)], self.backbone, cache_dir, problems,  # type: ignore[arg-type]
-                              progress=False)
-        if not ok[0]:
-            raise EmitError(problems.summary())
-        return self.model.image_vectors(feats)
-
-    def rank(self, query: np.ndarray, top: int = 10, target: str = "images", query_kind: str = "text"
-             ) -> dict[str, Any]:
-        """The ``top`` nearest ``target`` entries of a ``query_kind`` ('text' or 'image') query
-        vector, nearest first. A hubness correction built into the index applies only across
-        modalities (text -> images, image -> texts); same-modality search gets plain scores."""
-        check_target(target)
-        if query_kind not in ("text", "image"):
-            raise EmitError(f"unknown query kind {query_kind!r}; use 'text' or 'image'")
-        if target not in self.indexes:
-            raise EmitError(f"{self.folder}: has no text index; "
-                            "build it with `emit index build ... --texts CAPTIONS`")
-        index = self.indexes[target]
-        across = (query_kind == "text") == (target == "images")
-        scores, ids = index.search(query, top, corrected=across)
-        results = [{"rank": r + 1, "id": i, "score": float(s)}
-                   for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
-        hub = index.params.get("hubness") if across else None
-        if index.higher_is_better:
-            order = "higher is nearer"
-        elif hub is None:
-            order = "lower is nearer (squared distance)"
-        else:  # the folded bias is part of every distance
-            order = "lower is nearer (squared distance plus the hubness bias; may be negative)"
-        if hub is not None:
-            order += f"; hubness-corrected (beta {hub.get('beta')})"
-        return {"target": target, "metric": index.metric, "order": order, "results": results}
-
-    def search(self, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
-               target: str = "images", cache_dir: PathLike | None = None) -> dict[str, Any]:
-        start = time.perf_counter()
-        check_query(text, image)
-        check_target(target)
-        query = self.query_vectors(text, image=image, cache_dir=cache_dir)
-        kind = "text" if text is not None else "image"
-        ranked = self.rank(query, top, target, kind)
-        return {"query": text if text is not None else str(image), "kind": kind, **ranked,
-                "seconds": round(time.perf_counter() - start, 3)}
 
 
 def search_job(index_dir: PathLike, text: str | None = None, *, image: PathLike | None = None, top: int = 10,

@@ -15,8 +15,9 @@ columns of the batch is a candidate once (at its first column), and it is barred
 word rule bars any of its texts, so the N negatives are N distinct images.
 
 Content words are tokens minus stopwords, compared case-folded; tokens with no letter or digit
-(punctuation) are dropped. Texts arrive as token lists, so Chinese titles must be segmented
-first (e.g. with Jieba). Everything is vectorised over pairs: word overlaps come from one
+(punctuation) are dropped (:func:`emit.text.tokenize.content_words`, with its English stop
+words by default). Texts arrive as token lists, so Chinese titles must be segmented first
+(e.g. with Jieba). Everything is vectorised over pairs: word overlaps come from one
 product of a (B, V) bag-of-words incidence matrix with its transpose.
 """
 
@@ -29,32 +30,10 @@ import numpy as np
 import torch
 
 from emit.retrieval.distances import IdsLike, pairwise_sq_dist, same_id_mask
+from emit.text.tokenize import STOPWORDS_EN, content_words
 
 MiningMode = Literal["any", "all", "none"]
 OverlapMode = Literal["any", "all"]
-
-# A deliberately small English set: articles, pronouns, prepositions, conjunctions, auxiliaries.
-# Shared function words would otherwise make nearly every pair "overlap" in mode 'any'. Domain
-# words ("new", "sale", "free shipping") are not here; pass a custom set for those.
-_ENGLISH = """
-    a an the this that these those
-    i me my we us our you your he him his she her it its they them their
-    and or but nor so if then than as
-    of in on at to for from by with without into onto over under about up down out off
-    is are was were be been being am do does did has have had will would can could
-    not no very too just also
-    what which who whom whose where when how
-"""
-ENGLISH_STOPWORDS: frozenset[str] = frozenset(_ENGLISH.split())
-_CHINESE = "的 了 和 与 及 或 在 是 有 也 都 就 款 个"
-# Offered for pre-segmented Chinese text; not in the default (union it in explicitly).
-CHINESE_STOPWORDS: frozenset[str] = frozenset(_CHINESE.split())
-
-
-def content_words(tokens: Iterable[str], stopwords: frozenset[str] = ENGLISH_STOPWORDS) -> set[str]:
-    """Distinct case-folded tokens that are neither stopwords nor pure punctuation."""
-    words = (t.strip().casefold() for t in tokens)
-    return {w for w in words if w not in stopwords and any(ch.isalnum() for ch in w)}
 
 
 def word_overlap_matrix(
@@ -67,18 +46,18 @@ def word_overlap_matrix(
     ``mode='any'``: at least one common content word (symmetric). ``mode='all'``: text j holds
     every content word of text i (not symmetric); an anchor with no content word matches
     nothing, rather than everything, so it keeps all its negatives. ``stopwords`` defaults to
-    :data:`ENGLISH_STOPWORDS`.
+    :data:`emit.text.tokenize.STOPWORDS_EN`.
     """
     if mode not in ("any", "all"):
         raise ValueError(f"unknown overlap mode {mode!r}; use 'any' or 'all'")
     if isinstance(token_lists, str) or any(isinstance(t, str) for t in token_lists):
         raise TypeError("token_lists must hold one list of tokens per text, not strings")
-    stop = ENGLISH_STOPWORDS if stopwords is None else frozenset(w.casefold() for w in stopwords)
+    stop = STOPWORDS_EN if stopwords is None else frozenset(w.casefold() for w in stopwords)
     vocab: dict[str, int] = {}
     rows: list[int] = []
     cols: list[int] = []
     for i, tokens in enumerate(token_lists):  # one pass over tokens; pairs are never looped
-        for w in content_words(tokens, stop):
+        for w in dict.fromkeys(content_words(tokens, stop)):  # each distinct word once
             rows.append(i)
             cols.append(vocab.setdefault(w, len(vocab)))
     incidence = torch.zeros(len(token_lists), len(vocab))

@@ -30,9 +30,8 @@ from emit.pairing.jobs import assignment_used, load_pairing_model
 from emit.pairing.model import MODEL_FILE, PairingModel
 from emit.pairing.pipeline import ProductDecision, predict_products
 from emit.problems import EmitError, ProblemLog
-from emit.retrieval.index import MANIFEST_FILE
-from emit.retrieval.jobs import IMAGE_SUFFIXES, INDEX_MODEL_FILE, TEXTS_DIR, IndexSearcher
-from emit.retrieval.train import MODEL_FILE as RETRIEVAL_MODEL_FILE
+from emit.retrieval.jobs import IMAGE_SUFFIXES
+from emit.retrieval.search import IndexSearcher
 from emit.vision.backbones import Backbone
 
 log = logging.getLogger("emit.serve")
@@ -48,14 +47,8 @@ def _warm_up_image(folder: Path, name: str = "warm-up.png") -> Path:
     return path
 
 
-def _manifest(folder: Path) -> dict[str, Any]:
-    """An index manifest without its id list (which can hold millions of paths)."""
-    meta = read_json(folder / MANIFEST_FILE)
-    return {k: v for k, v in meta.items() if k != "ids"}
-
-
 class SearchService:
-    """An index folder opened once (see :class:`emit.retrieval.jobs.IndexSearcher`)."""
+    """An index folder opened once (see :class:`emit.retrieval.search.IndexSearcher`)."""
 
     def __init__(self, index_dir: Path, model_dir: Path | None = None, cache_dir: Path | None = None) -> None:
         self.searcher = IndexSearcher.open(index_dir, model_dir)
@@ -65,7 +58,7 @@ class SearchService:
         self.row_of = {image_id: row for row, image_id in enumerate(self.ids)}
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
-        self.info = self._info(index_dir, model_dir)
+        self.info = self.searcher.describe()
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -75,16 +68,6 @@ class SearchService:
             self.searcher.query_vectors(WARM_UP_TEXT)
             # a throwaway feature cache: the warm-up image must not land in the real one
             self.searcher.query_vectors(image=_warm_up_image(Path(tmp)), cache_dir=tmp)
-
-    def _info(self, index_dir: Path, model_dir: Path | None) -> dict[str, Any]:
-        model = self.searcher.model
-        pointer = index_dir / INDEX_MODEL_FILE
-        model_folder = str(model_dir) if model_dir else str(read_json(pointer).get("model"))
-        meta = read_json(Path(model_folder) / RETRIEVAL_MODEL_FILE)
-        return {"folder": str(index_dir), "images": _manifest(index_dir),
-                "texts": _manifest(index_dir / TEXTS_DIR) if "texts" in self.searcher.indexes else None,
-                "model": {"folder": model_folder, "identity": model.identity(), "backbone": model.backbone,
-                          "config": to_dict(model.config), "versions": meta.get("versions")}}
 
     @property
     def targets(self) -> list[str]:

@@ -25,12 +25,13 @@ from emit.files import atomic_write_json, read_json
 from emit.problems import EmitError
 
 OTHER = "<other>"
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # a CJK ideograph
 COLOUR_SUFFIX = "色"
 
 
 @lru_cache(maxsize=1)
-def _jieba():
+def load_jieba():
+    """The jieba module, imported and quietened once (its dictionary loads on first use)."""
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # its "building prefix dict" chatter is not for users
@@ -40,7 +41,7 @@ def _jieba():
 def normalise_label(token: str, strip_colour_suffix: bool = True) -> str | None:
     """Return the label a Jieba token stands for, or None if it carries no visual meaning."""
     token = token.strip()
-    if not _CJK.search(token):
+    if not CJK.search(token):
         return None  # product codes, digits, punctuation, sizes
     if strip_colour_suffix and len(token) > 1 and token.endswith(COLOUR_SUFFIX):
         token = token[: -len(COLOUR_SUFFIX)]
@@ -52,7 +53,7 @@ def normalise_label(token: str, strip_colour_suffix: bool = True) -> str | None:
 def segment(tag: str, strip_colour_suffix: bool = True) -> list[str]:
     """Split one tag into its semantic labels, in order, without duplicates."""
     labels: list[str] = []
-    for token in _jieba().lcut(tag):
+    for token in load_jieba().lcut(tag):
         label = normalise_label(token, strip_colour_suffix)
         if label and label not in labels:
             labels.append(label)

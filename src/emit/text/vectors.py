@@ -328,7 +328,7 @@ class _GensimSubword:
 # --------------------------------------------------------------------------- embedding layer
 
 
-class _RowGradMask:
+class RowGradMask:
     """Gradient hook that zeroes the gradient of frozen rows (a class, so the model pickles)."""
 
     def __init__(self, trainable: np.ndarray) -> None:
@@ -395,7 +395,7 @@ def build_embedding(vectors: WordVectors, vocab_tokens: Iterable[str], trainable
     if not trainable.any():
         emb.weight.requires_grad_(False)
     elif not trainable[others].all():
-        emb.weight.register_hook(_RowGradMask(trainable))
+        emb.weight.register_hook(RowGradMask(trainable))
     emb.oov_mask = oov
     if oov.any():
         log.info("%s: %d of %d tokens have no pretrained vector (random rows%s)", vectors.source,

@@ -1,4 +1,10 @@
-"""Training losses that pull a text embedding onto its image's CNN features.
+"""Training losses that pull a text embedding onto its image's vector.
+
+:mod:`emit.retrieval.losses.registry` lists them (one :class:`~.registry.LossSpec` each: name,
+metric, whether it needs mined negatives, help) and calls each one the same way, on a
+:class:`~emit.retrieval.losses.batch.LossBatch`. Each module holds one loss: its tensor maths
+(``patr_loss``, ``triplet_loss``, ``l2_loss``, ``vse_loss``, ``infonce_loss``) and
+``per_pair(batch, config)``, the registry's calling convention.
 
 Two families, by what they need from the batch:
 
@@ -9,36 +15,5 @@ Two families, by what they need from the batch:
 * in-batch losses -- ``vse_loss`` and ``infonce_loss`` take ``(text, image, image_ids)`` and
   use every other pair of the batch as a negative, except pairs of the same image.
 
-``LOSSES`` maps a config name to its function; ``NEEDS_NEGATIVES`` lists the names that need
-mined negatives.
+Importing this package loads nothing else: the registry names losses without torch.
 """
-
-from collections.abc import Callable
-
-import torch
-
-from emit.retrieval.losses.infonce import infonce_loss
-from emit.retrieval.losses.l2 import l2_loss
-from emit.retrieval.losses.patr import patr_loss
-from emit.retrieval.losses.triplet import triplet_loss
-from emit.retrieval.losses.vse import score_matrix, vse_loss
-
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "patr": patr_loss,
-    "triplet": triplet_loss,
-    "l2": l2_loss,
-    "vse": vse_loss,
-    "infonce": infonce_loss,
-}
-NEEDS_NEGATIVES: frozenset[str] = frozenset({"patr", "triplet"})
-
-__all__ = [
-    "LOSSES",
-    "NEEDS_NEGATIVES",
-    "infonce_loss",
-    "l2_loss",
-    "patr_loss",
-    "score_matrix",
-    "triplet_loss",
-    "vse_loss",
-]

@@ -1,10 +1,10 @@
 """Symmetric InfoNCE (CLIP-style) loss over a batch of (text, image) pairs.
 
-Logits are cosine similarities divided by ``temperature``. Text i is classified against the
-batch's images with its own image as the target, and image i against the texts likewise; the
-two cross-entropies are averaged. Other pairs with the same image id (several captions of one
-picture), and optionally with the same text id, are masked out of the softmax: they are
-neither the target nor a negative.
+Logits are cosine similarities (``'ip'`` scores of unit vectors) divided by ``temperature``.
+Text i is classified against the batch's images with its own image as the target, and image
+i against the texts likewise; the two cross-entropies are averaged. Other pairs with the same
+image id (several captions of one picture), and optionally with the same text id, are masked
+out of the softmax: they are neither the target nor a negative.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from emit.retrieval.distances import IdsLike, Reduction, cosine_similarity_matrix, positive_mask, reduce_loss
+from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.distances import (
+    IdsLike,
+    Reduction,
+    positive_mask,
+    reduce_loss,
+    score_matrix,
+    text_groups,
+    unit_rows,
+)
+from emit.retrieval.losses.batch import LossBatch
 
 
 def infonce_loss(
@@ -35,7 +45,7 @@ def infonce_loss(
         raise ValueError(f"expected (B, D) text and image, got {tuple(text.shape)}, {tuple(image.shape)}")
     if not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = cosine_similarity_matrix(text, image) / temperature
+    logits = score_matrix(unit_rows(text), unit_rows(image), "ip") / temperature
     n = logits.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=logits.device)
     others = positive_mask(n, image_ids, logits.device)  # same image ...
@@ -46,3 +56,11 @@ def infonce_loss(
     t2i = -F.log_softmax(logits, dim=1).diagonal()
     i2t = -F.log_softmax(logits, dim=0).diagonal()
     return reduce_loss((t2i + i2t) / 2, reduction)
+
+
+def per_pair(batch: LossBatch, config: RetrievalConfig) -> torch.Tensor:
+    """(B,) InfoNCE losses at the batch's temperature (the registry's convention); identical
+    texts of other images are not negatives either."""
+    text_ids = torch.from_numpy(text_groups([" ".join(t) for t in batch.tokens], len(batch.tokens)))
+    return infonce_loss(batch.text, batch.image, batch.rows, batch.temperature, text_ids=text_ids,
+                        reduction="none")

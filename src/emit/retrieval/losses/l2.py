@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
+from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.distances import Reduction, reduce_loss, rowwise_sq_dist
+from emit.retrieval.losses.batch import LossBatch
 
 
 def l2_loss(text: torch.Tensor, pos: torch.Tensor, *, reduction: Reduction = "mean") -> torch.Tensor:
@@ -16,3 +18,8 @@ def l2_loss(text: torch.Tensor, pos: torch.Tensor, *, reduction: Reduction = "me
     if text.ndim != 2 or pos.shape != text.shape:
         raise ValueError(f"expected (B, D) text and pos, got {tuple(text.shape)}, {tuple(pos.shape)}")
     return reduce_loss(rowwise_sq_dist(text, pos), reduction)
+
+
+def per_pair(batch: LossBatch, config: RetrievalConfig) -> torch.Tensor:
+    """(B,) squared distances of each text to its own image (the registry's convention)."""
+    return l2_loss(batch.text, batch.image, reduction="none")

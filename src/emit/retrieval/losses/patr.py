@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.distances import Reduction, anchor_distances, reduce_loss
+from emit.retrieval.losses.batch import LossBatch
 
 
 def patr_loss(
@@ -38,3 +40,9 @@ def patr_loss(
     # where(), not multiply: padded negatives may hold anything, even inf, and 0 * inf is nan.
     hinge = torch.where(valid, (margin - s_n).clamp_min(0.0), torch.zeros_like(s_n))
     return reduce_loss(s_p + hinge.sum(dim=1), reduction)
+
+
+def per_pair(batch: LossBatch, config: RetrievalConfig) -> torch.Tensor:
+    """(B,) PATR losses of a batch with mined negatives (the registry's convention)."""
+    negatives, valid = batch.mined()
+    return patr_loss(batch.text, batch.image, negatives, batch.margin, valid, reduction="none")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.distances import Reduction, anchor_distances, reduce_loss
+from emit.retrieval.losses.batch import LossBatch
 
 
 def triplet_loss(
@@ -32,3 +34,9 @@ def triplet_loss(
     violation = (margin + s_p.unsqueeze(1) - s_n).clamp_min(0.0)
     hinge = torch.where(valid, violation, torch.zeros_like(violation))  # NaN-safe masking
     return reduce_loss(hinge.sum(dim=1), reduction)
+
+
+def per_pair(batch: LossBatch, config: RetrievalConfig) -> torch.Tensor:
+    """(B,) triplet losses of a batch with mined negatives (the registry's convention)."""
+    negatives, valid = batch.mined()
+    return triplet_loss(batch.text, batch.image, negatives, batch.margin, valid, reduction="none")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
+from emit.cli.options import CACHE_DIR_DEFAULT, add_command
 from emit.problems import EmitError
 
 SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart",
@@ -22,7 +23,7 @@ _FLAGS: dict[str, str] = {
     "products_root": "folder of product batches the review page may load; nothing outside it is read "
                      "(EMIT_PRODUCTS_ROOT)",
     "export_dir": "where reviewed final_json.json files go (EMIT_EXPORT_DIR; default: ./emit-exports)",
-    "cache_dir": "feature cache (EMIT_CACHE_DIR; default: ~/.cache/emit/features)",
+    "cache_dir": f"feature cache (EMIT_CACHE_DIR; default: {CACHE_DIR_DEFAULT})",
     "host": "address to listen on (EMIT_HOST; default: 127.0.0.1, this machine only); any other address "
             "needs --api-token, or --insecure-no-token",
     "port": "port (EMIT_PORT; default: 8000)",
@@ -59,16 +60,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(ServeSettings.from_env(**flags))
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add ``emit serve`` to the ``emit`` parser."""
-    s = sub.add_parser("serve", parents=[common],
-                       help="HTTP service and web pages: search an index, tag and review products",
-                       description="Serve search (--index), and pairing with its review page "
-                                   "(--pairing-model), over HTTP, with the OpenAPI schema at /docs. Flags "
-                                   "override EMIT_* environment variables.")
+def _serve(s: argparse.ArgumentParser) -> None:
     for name, help_text in _FLAGS.items():
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text)
     for name, help_text in _SWITCHES.items():
         s.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_const", const="1",
                        default=None, help=help_text)
     s.set_defaults(func=cmd_serve)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add ``emit serve`` to the ``emit`` parser."""
+    add_command(sub, "serve", _serve, parents=[common],
+                help="HTTP service and web pages: search an index, tag and review products",
+                description="Serve search (--index), and pairing with its review page "
+                            "(--pairing-model), over HTTP, with the OpenAPI schema at /docs. Flags "
+                            "override EMIT_* environment variables.")

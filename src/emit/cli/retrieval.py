@@ -1,0 +1,193 @@
+"""``emit retrieval train | evaluate``, ``emit index build`` and ``emit search``: argument
+parsing only; the work is in :mod:`emit.retrieval.jobs`::
+
+    emit retrieval train --titles T --clicks Q --out RUN [config flags]
+    emit retrieval evaluate RUN --captions C
+    emit index build RUN IMAGES... --out IDX [--texts CAPTIONS]
+    emit search IDX "text" --top 10
+    emit search IDX --image photo.jpg --top 10 [--target texts]
+
+A flag of ``retrieval train`` that the chosen text encoder does not use (``--hidden`` with
+``--encoder minilm``) is refused, even with its default value: see :func:`refuse_unused_flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from emit.cli.config_flags import add_config_flags, flag_name, given_flags
+from emit.cli.options import add_cache_dir, add_command, positive_int, print_json
+from emit.config import from_dict
+from emit.data.captions import FORMATS
+from emit.problems import EmitError
+from emit.retrieval.config import RetrievalConfig
+
+CAPTION_FORMATS = ("auto", *FORMATS)
+
+
+def refuse_unused_flags(args: argparse.Namespace) -> None:
+    """Raise :class:`EmitError` naming a flag given for a setting that some text encoder uses
+    but the chosen one does not (``RetrievalConfig.validate`` refuses non-default values of
+    such settings from library users; here a flag given with its default is refused too)."""
+    given = given_flags(args)
+    if not given:
+        return
+    from emit.retrieval.encoders.names import encoder_settings, list_text_encoders
+
+    encoder = args.encoder
+    used = encoder_settings(encoder)
+    for name, flag in given.items():
+        if name in used:
+            continue
+        users = [e for e in list_text_encoders() if name in encoder_settings(e)]
+        if users:
+            which = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} or {users[-1]}"
+            raise EmitError(f"{flag} only applies to --encoder {which}, not to --encoder {encoder}; "
+                            f"drop {flag}")
+
+
+def config_from(args: argparse.Namespace) -> RetrievalConfig:
+    refuse_unused_flags(args)
+    return from_dict(RetrievalConfig, vars(args)).validate()
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+def cmd_retrieval_train(args: argparse.Namespace) -> int:
+    from emit.retrieval.jobs import train_job
+
+    print_json(train_job(args.titles, args.clicks, args.out, config_from(args),
+                         titles_format=args.titles_format, clicks_format=args.clicks_format,
+                         image_root=args.image_root, val_titles=args.val_titles,
+                         val_clicks=args.val_clicks, cache_dir=args.cache_dir, progress=not args.quiet))
+    return 0
+
+
+def cmd_retrieval_evaluate(args: argparse.Namespace) -> int:
+    from emit.retrieval.jobs import evaluate_job
+
+    print_json(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
+                            cache_dir=args.cache_dir, out=args.out, held_out=args.held_out,
+                            hubness=args.hubness, beta=args.hubness_beta, progress=not args.quiet))
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from emit.retrieval.jobs import build_index_job
+
+    print_json(build_index_job(args.run, args.images, args.out, kind=args.kind, texts=args.texts,
+                               texts_format=args.texts_format, image_root=args.image_root,
+                               cache_dir=args.cache_dir, hubness=args.hubness, beta=args.hubness_beta,
+                               progress=not args.quiet))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from emit.retrieval.jobs import search_job
+
+    result = search_job(args.index, args.text, image=args.image, top=args.top, target=args.target,
+                        model=args.model, cache_dir=args.cache_dir)
+    if args.json:
+        print_json(result)
+        return 0
+    print(f"# {result['kind']} query -> {result['target']}; score: {result['order']}")
+    for hit in result["results"]:
+        print(f"{hit['score']:.6g}\t{hit['id']}")
+    return 0
+
+
+# ---- parsers ------------------------------------------------------------------------------
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image-root", default=None,
+                   help="resolve relative image paths against this folder "
+                        "(if not given: the data file's folder)")
+    add_cache_dir(p)
+
+
+def _hubness_flags(p: argparse.ArgumentParser) -> None:
+    from emit.retrieval.hubness import DEFAULT_BETA, DEFAULT_DIRECTION, DIRECTIONS
+
+    p.add_argument("--hubness", default=DEFAULT_DIRECTION, choices=list(DIRECTIONS),
+                   help="correct hubs in this search direction: subtract from each candidate its "
+                        "log-sum-exp score against the run's bank of training queries; auto = both "
+                        "for cosine (infonce) models, none for squared-distance ones")
+    p.add_argument("--hubness-beta", type=float, default=DEFAULT_BETA,
+                   help="inverse temperature of the hubness correction, in score units (positive; "
+                        "unused with --hubness none)")
+
+
+def _train(t: argparse.ArgumentParser) -> None:
+    _data_flags(t)
+    t.add_argument("--titles", default=None,
+                   help="titles/captions: JSON lines, CSV, Flickr8k, COCO or Pascal")
+    t.add_argument("--clicks", default=None, help="click log: query, image[, count] as JSON lines or CSV")
+    t.add_argument("--out", required=True, help="run folder (model, checkpoint, curves)")
+    held_out = f"(if not given: hold out {flag_name('val_fraction')} of the images)"
+    t.add_argument("--val-titles", default=None, help=f"validation titles {held_out}")
+    t.add_argument("--val-clicks", default=None, help=f"validation clicks {held_out}")
+    t.add_argument("--titles-format", default="auto", choices=CAPTION_FORMATS,
+                   help="format of the titles file")
+    t.add_argument("--clicks-format", default="clicks", choices=CAPTION_FORMATS,
+                   help="format of the clicks file")
+    add_config_flags(t.add_argument_group("model settings (emit.retrieval.config.RetrievalConfig)"),
+                     RetrievalConfig)
+    t.set_defaults(func=cmd_retrieval_train)
+
+
+def _evaluate(e: argparse.ArgumentParser) -> None:
+    _data_flags(e)
+    e.add_argument("run", help="run folder from `emit retrieval train`")
+    e.add_argument("--captions", required=True, help="captions to evaluate on")
+    e.add_argument("--format", default="auto", choices=CAPTION_FORMATS, help="format of the captions file")
+    e.add_argument("--out", default=None, help="report prefix (if not given: RUN/eval_<captions name>)")
+    e.add_argument("--held-out", action="store_true",
+                   help="keep only the images the run held out for validation (--val-fraction), so a "
+                        "run can be evaluated on the training files without scoring training images")
+    _hubness_flags(e)
+    e.set_defaults(func=cmd_retrieval_evaluate)
+
+
+def _index_build(b: argparse.ArgumentParser) -> None:
+    _data_flags(b)
+    b.add_argument("run", help="run folder from `emit retrieval train`")
+    b.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--kind", default="exact", choices=["exact", "ivf", "hnsw"],
+                   help="exact brute force, or approximate for large collections")
+    b.add_argument("--texts", default=None, help="also index the texts of this caption file (image -> text)")
+    b.add_argument("--texts-format", default="auto", choices=CAPTION_FORMATS,
+                   help="format of the --texts file")
+    _hubness_flags(b)
+    b.set_defaults(func=cmd_index_build)
+
+
+def _search(s: argparse.ArgumentParser) -> None:
+    s.add_argument("index", help="index folder from `emit index build`")
+    s.add_argument("text", nargs="?", default=None, help="text query (omit with --image)")
+    s.add_argument("--image", default=None, help="image query file")
+    s.add_argument("--top", type=positive_int, default=10, help="number of results (at least 1)")
+    s.add_argument("--target", default="images", choices=["images", "texts"],
+                   help="search images, or the texts indexed with --texts")
+    s.add_argument("--model", default=None, help="run folder (if not given: the one that built the index)")
+    add_cache_dir(s, "feature cache for --image queries")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_search)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """Add the ``retrieval``, ``index`` and ``search`` commands to the ``emit`` parser."""
+    retrieval = sub.add_parser("retrieval", help="text-to-image retrieval: train and evaluate a text encoder")
+    r_sub = retrieval.add_subparsers(dest="retrieval_command", required=True)
+    add_command(r_sub, "train", _train, parents=[common],
+                help="map titles and queries into a frozen CNN's feature space (resumable)")
+    add_command(r_sub, "evaluate", _evaluate, parents=[common],
+                help="R@K, median rank, mAP@R and mAP in both directions; JSON + PNG")
+    index = sub.add_parser("index", help="nearest-neighbour indexes of images")
+    i_sub = index.add_subparsers(dest="index_command", required=True)
+    add_command(i_sub, "build", _index_build, parents=[common],
+                help="embed images with a model's backbone into a FAISS index")
+    add_command(sub, "search", _search, parents=[common],
+                help="search an index with a text, or with an image (--image)")
