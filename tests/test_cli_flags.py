@@ -255,3 +255,12 @@ def test_python_dash_m_runs_the_command_line(module):
 
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"emit {__version__}"
+
+
+def test_cache_dir_help_names_the_real_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The help spells the cache default out (it must not import torch); it is the library's."""
+    from emit.cli.options import CACHE_DIR_DEFAULT
+    from emit.vision.features import default_cache_dir
+
+    monkeypatch.delenv("EMIT_CACHE_DIR", raising=False)
+    assert Path(CACHE_DIR_DEFAULT).expanduser() == default_cache_dir()

@@ -244,3 +244,66 @@ def test_prediction_outputs_are_old_new_or_refused(tmp_path) -> None:
                                                 _one_problem()),
                  lambda root: write_predictions(root / "final_json.json", products, decisions(True),
                                                 ProblemLog(echo=False)), load)
+
+
+def test_fine_tuned_model_folder_keeps_heads_and_backbone_together(tmp_path, pairing_models,
+                                                                   quick_plots) -> None:
+    """A model trained with --tune-full-model commits its fine-tuned backbone with its heads:
+    killed anywhere, the folder never pairs new heads with the old backbone (or the reverse)."""
+    from dataclasses import replace as replace_field
+
+    from emit.pairing.finetune import TUNED_FILE, TUNED_WORK
+
+    def tuned(model: PairingModel) -> PairingModel:
+        copy = PairingModel.__new__(PairingModel)
+        copy.__dict__.update(model.__dict__)
+        copy.config = replace_field(model.config, tune_full_model=True)
+        return copy
+
+    old_model, new_model = (tuned(m) for m in pairing_models)
+
+    def write(root: Path, model: PairingModel, backbone: bytes) -> None:
+        work = root / "m" / TUNED_WORK  # where fine-tuning leaves the backbone for the commit
+        work.parent.mkdir(parents=True, exist_ok=True)
+        work.write_bytes(backbone)
+        write_model_folder(root / "m", model, ProblemLog(echo=False))
+
+    def load(root: Path) -> tuple[str, bytes]:
+        model = PairingModel.load(root / "m")
+        tensors = {f"{k}.{n}": v for k, m in enumerate(model.members) for n, v in m.head.state_dict().items()}
+        return _digest(tensors), (root / "m" / TUNED_FILE).read_bytes()
+
+    check_writer(tmp_path, lambda root: write(root, old_model, b"old backbone"),
+                 lambda root: write(root, new_model, b"new backbone"), load)
+
+
+def test_evaluation_report_json_and_plot_are_old_new_or_refused(tmp_path, monkeypatch) -> None:
+    """``pair evaluate`` writes its JSON report and its plot as one commit: never the numbers of
+    one run beside the picture of another."""
+    import emit.pairing.report as report_module
+    from emit.data.products import write_final_json
+    from emit.pairing.jobs import evaluate_job
+
+    # the plot's bytes carry the report they show, so a mix is visible (and no matplotlib per fork)
+    monkeypatch.setattr(report_module, "plot_pairing_report",
+                        lambda report: json.dumps(report, sort_keys=True, default=str).encode())
+    truth_products = [Product(f"p{k}", ["黑色", "白色"], [f"{k}_0.jpg", f"{k}_1.jpg"], ["黑色", "白色"])
+                      for k in range(3)]
+
+    def evaluate(root: Path, right: int) -> None:
+        truth, pred = root / "truth.json", root / "pred" / "final_json.json"
+        pred.parent.mkdir(parents=True, exist_ok=True)
+        write_final_json(truth, truth_products, {p.product_id: p.tags for p in truth_products})
+        # the first ``right`` products paired correctly, the others swapped
+        write_final_json(pred, truth_products, {p.product_id: (p.tags if k < right else p.tags[::-1])
+                                                for k, p in enumerate(truth_products)})
+        evaluate_job(pred, truth, out=root / "pred" / "report")
+
+    def load(root: Path) -> tuple[bytes, bytes]:
+        recover_folder(root / "pred")
+        # the files name the folder they were made in: compare them as if made in one place
+        report, picture = ((root / "pred" / name).read_text("utf-8").replace(str(root), "ROOT")
+                           for name in ("report.json", "report.png"))
+        return json.dumps(json.loads(report), sort_keys=True).encode(), picture.encode()
+
+    check_writer(tmp_path, lambda root: evaluate(root, 1), lambda root: evaluate(root, 3), load)

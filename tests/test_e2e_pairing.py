@@ -317,11 +317,14 @@ def test_deeply_nested_profiles_are_reported_and_skipped(env, predicted):
 
 
 def test_a_deeply_nested_combined_file_is_one_clear_error(env, tmp_path, caplog):
+    """Its only product is nested 1,000 deep: that product is reported (file, product, line) and
+    skipped, which leaves nothing to predict: one clear error, not a RecursionError traceback."""
     combined = tmp_path / "test_all.json"
     combined.write_text('{"1": ' + "[" * 1000 + "]" * 1000 + "}", encoding="utf-8")
-    with caplog.at_level("ERROR", logger="emit"):
+    with caplog.at_level("WARNING", logger="emit"):
         code = run_cli(["pair", "predict", str(env["model"]), str(combined),
                         "--out", str(tmp_path / "f.json"), "--cache-dir", str(env["cache"])])
     assert code == 2  # an EmitError naming the file, not a traceback
     assert str(combined) in caplog.text and "nested deeper than Python's parser allows" in caplog.text
+    assert "1 (line 1)" in caplog.text and "no usable products" in caplog.text
     assert not (tmp_path / "f.json").exists()

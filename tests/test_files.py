@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emit.files import (
     atomic_write,
@@ -114,3 +116,35 @@ def test_read_json_missing_file_names_it(tmp_path: Path) -> None:
     path = tmp_path / "nope.json"
     with pytest.raises(EmitError, match=r"nope\.json"):
         read_json(path)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(), json_values, max_size=6), st.sampled_from([None, 1]))
+def test_object_members_split_any_json_object_back_into_its_members(obj: dict, indent: int | None) -> None:
+    """Members found by scanning brackets and strings parse back to the object's own values,
+    whatever the strings hold (quotes, escapes, brackets, commas) and however it is laid out."""
+    from emit.files import json_object_members
+
+    text = json.dumps(obj, indent=indent, ensure_ascii=False)
+    members = json_object_members(text)
+    assert members is not None
+    assert {json.loads(k): json.loads(v) for k, v, _ in members} == obj
+    lines = text.split("\n")
+    for key, _, line in members:  # each member's value starts on the line it names
+        assert key in lines[line - 1] or lines[line - 1].strip().startswith(key)
+
+
+def test_object_members_refuse_what_is_not_one_object() -> None:
+    from emit.files import json_object_members
+
+    for text in ["[1]", '{"a": 1', '{"a": 1} x', '{"a" 1}', '{"a": "open}', "", '{"a": 1,}', "{1: 2}"]:
+        assert json_object_members(text) is None, text
+    deep = "[" * 5000 + "]" * 5000  # far past the recursion limit: the scan itself never recurses
+    assert [(k, len(v), n) for k, v, n in json_object_members('{"a": 1,\n"b": ' + deep + "}")] == [
+        ('"a"', 1, 1), ('"b"', 10000, 2)]

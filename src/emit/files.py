@@ -348,6 +348,76 @@ def parse_json(text: str, where: str | os.PathLike[str] = "") -> Any:
     return data
 
 
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*"', re.DOTALL)  # after an opening quote, to its close
+_STRUCTURE = re.compile(r'["\[\]{},]')  # what a member's value can end or nest at
+_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def json_object_members(text: str) -> list[tuple[str, str, int]] | None:
+    """The members of a top-level JSON object as ``(key text, value text, line)``, found by
+    scanning brackets and strings only, without parsing the values; None if the text is not one
+    object whose members can be told apart. Iterative, so any nesting is safe: a reader of
+    ``{id: record}`` files uses it to skip one unusable record (nested too deep, a huge number,
+    a raw control character) and keep the others."""
+    n = len(text)
+
+    def space(i: int) -> int:
+        return _SPACE.match(text, i).end()  # type: ignore[union-attr]
+
+    def string_end(i: int) -> int | None:  # text[i] is an opening quote
+        m = _STRING_BODY.match(text, i + 1)
+        return m.end() if m else None
+
+    i = space(0)
+    if text.startswith("\ufeff", i):
+        i = space(i + 1)
+    if i >= n or text[i] != "{":
+        return None
+    members: list[tuple[str, str, int]] = []
+    i, line, counted = space(i + 1), 1, 0
+    if i < n and text[i] == "}":
+        return members if space(i + 1) == n else None
+    while i < n:
+        if text[i] != '"':
+            return None
+        end = string_end(i)
+        if end is None:
+            return None
+        key = text[i:end]
+        i = space(end)
+        if i >= n or text[i] != ":":
+            return None
+        start = i = space(i + 1)
+        depth = 0
+        while True:
+            m = _STRUCTURE.search(text, i)
+            if m is None:
+                return None
+            c, i = m.group(), m.start()
+            if c == '"':
+                end = string_end(i)
+                if end is None:
+                    return None
+                i = end
+                continue
+            if c in "[{":
+                depth += 1
+            elif c in "]}" and depth:
+                depth -= 1
+            elif depth == 0:  # a ',' or the object's closing '}' ends this member
+                break
+            i += 1
+        line += text.count("\n", counted, start)
+        counted = start
+        members.append((key, text[start:i].rstrip(" \t\r\n"), line))
+        if text[i] == "}":
+            return members if space(i + 1) == n else None
+        if text[i] != ",":
+            return None
+        i = space(i + 1)
+    return None
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a UTF-8 JSON file (:func:`parse_json`); any failure is an :class:`EmitError` naming
     the file, the place and the fix."""

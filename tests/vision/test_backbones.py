@@ -29,6 +29,19 @@ OFFLINE = [
 ]
 
 
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_registered_backbone_builds_offline_and_runs(name: str) -> None:
+    """Every name the registry lists (the help and the config offer exactly these) builds without a
+    download when pretrained weights are not asked for, and gives ``dim`` finite features."""
+    backbone = create_backbone(name, pretrained=False)
+    assert backbone.name == name and not backbone.model.training
+    size = backbone.image_size
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    out = features(backbone, x)
+    assert out.shape == (1, backbone.dim)
+    assert torch.isfinite(out).all()
+
+
 def features(backbone: Backbone, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return backbone.model(x)

@@ -102,6 +102,17 @@ def add_cache_dir(parser: argparse.ArgumentParser, what: str = "feature cache") 
                         help=f"{what} (default: $EMIT_CACHE_DIR, else {CACHE_DIR_DEFAULT})")
 
 
+# emit.devices.DEVICE_HELP, spelled out here too: help texts must not import torch
+DEVICE_HELP = ("where models run: auto (CUDA if present, then MPS, else CPU), cpu, cuda, cuda:N "
+               "or mps")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``, for every command that runs a model (resolved by
+    :func:`emit.devices.resolve_device`, which refuses a device that is not there)."""
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1. Checked here, so the error names the
     flag the user typed (``argument --top: ...``), not a parameter inside the library."""

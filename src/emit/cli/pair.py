@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from emit.cli.config_flags import add_config_flags, field_choices
-from emit.cli.options import add_cache_dir, add_command, print_json
+from emit.cli.options import add_cache_dir, add_command, add_device, print_json
 from emit.config import PairingConfig, from_dict
 
 
@@ -18,7 +18,7 @@ def cmd_pair_train(args: argparse.Namespace) -> int:
     from emit.pairing.jobs import train_job
 
     print_json(train_job(args.data, args.out, config_from(args), image_root=args.image_root,
-                         cache_dir=args.cache_dir, progress=not args.quiet))
+                         cache_dir=args.cache_dir, progress=not args.quiet, device=args.device))
     return 0
 
 
@@ -27,7 +27,7 @@ def cmd_pair_predict(args: argparse.Namespace) -> int:
 
     print_json(predict_job(args.model, args.data, args.out, image_root=args.image_root,
                            cache_dir=args.cache_dir, assign=args.assign, combine=args.combine,
-                           progress=not args.quiet))
+                           progress=not args.quiet, device=args.device))
     return 0
 
 
@@ -46,6 +46,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-root", default=None,
                    help="where product folders with images live, for a combined *_all.json")
     add_cache_dir(p)
+    add_device(p)
 
 
 def _train(t: argparse.ArgumentParser) -> None:

@@ -28,6 +28,9 @@ from emit.problems import EmitError, ProblemLog
 
 T = TypeVar("T")
 
+# the file suffixes taken as images when a folder is read for images
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
 # Transparent product cut-outs are shown on white in shops, so composite them on white
 # rather than on PIL's default black (which would look like a black product to colour features).
 BACKGROUND = (255, 255, 255)

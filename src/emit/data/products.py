@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from emit.files import JSONTextError, OutsideRoot, atomic_write_json, read_json, within
+from emit.files import (
+    JSONTextError,
+    OutsideRoot,
+    atomic_write_json,
+    json_object_members,
+    parse_json,
+    read_json,
+    read_text,
+    within,
+)
 from emit.problems import EmitError, ProblemLog
 
 PROFILE = "profile.json"
@@ -228,6 +237,30 @@ def _exists(product: Product, name: str, problems: ProblemLog, keep_missing: boo
     return False
 
 
+def _read_combined(path: Path, problems: ProblemLog) -> Any:
+    """A combined ``{product_id: profile}`` file. If it cannot be parsed whole, but its products
+    can still be told apart (one nested too deep, a huge number, a raw control character), each
+    is parsed on its own: the bad ones are reported and skipped, the others kept."""
+    text = read_text(path)
+    try:
+        return parse_json(text, path)
+    except JSONTextError:
+        members = json_object_members(text)
+        if members is None:  # the file's own structure is broken: nothing can be trusted
+            raise
+    data: dict[str, Any] = {}
+    for key_text, value_text, line in members:
+        try:
+            key = parse_json(key_text, path)
+        except JSONTextError:  # a lone surrogate's escape decodes; anything else cannot be here
+            raise EmitError(f"{path}: line {line}: unreadable product id {brief(key_text)}") from None
+        try:
+            data[key] = parse_json(value_text, path)
+        except JSONTextError as exc:
+            problems.add(path, f"{brief(key)} (line {line})", f"{exc.reason}; product skipped", exc.fix)
+    return data
+
+
 def read_products(
     path: str | os.PathLike[str],
     *,
@@ -255,7 +288,7 @@ def read_products(
     confine = Path(confine_to) if confine_to is not None else None
     products: list[Product] = []
     if _is_file(path):
-        data = read_json(within(path, confine))
+        data = _read_combined(within(path, confine), problems)
         if not isinstance(data, dict):
             raise EmitError(f"{path}: expected an object {{product_id: profile}}, "
                             f"got {type(data).__name__}")

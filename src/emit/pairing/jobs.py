@@ -15,6 +15,7 @@ from typing import Any
 from emit.commit import FolderCommit, folder_commit, write_problems
 from emit.config import PairingConfig
 from emit.data.products import Product, read_products, read_truth, write_final_json
+from emit.devices import resolve_device
 from emit.files import atomic_write_bytes, recover_folder
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
@@ -46,8 +47,9 @@ TRAIN_PROBLEMS = "train_problems.json"
 
 def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config: PairingConfig, *,
               image_root: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     config.validate()
+    resolve_device(device)  # a device that is not there is refused before any work
     start = time.perf_counter()
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems)
@@ -61,7 +63,7 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
         backbone = finetune_backbone(products, backbone, config, Path(out), problems=problems,
                                      progress=progress)
     model = train_pairing(products, config, backbone=backbone, cache_dir=cache, problems=problems,
-                          progress=progress)
+                          progress=progress, device=device)
     png = write_model_folder(out, model, problems)
     return {"model": str(out), "products": len(products),
             "images": sum(len(p.images) for p in products), "labels": len(model.vocab.labels),
@@ -123,8 +125,10 @@ def assignment_used(model: PairingModel, assign: AssignMode | None = None,
 def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                 out: str | os.PathLike[str], *, image_root: str | None = None,
                 cache_dir: str | os.PathLike[str] | None = None, assign: AssignMode | None = None,
-                combine: CombineMode | None = None, progress: bool = True) -> dict[str, Any]:
+                combine: CombineMode | None = None, progress: bool = True,
+                device: str = "cpu") -> dict[str, Any]:
     start = time.perf_counter()
+    resolve_device(device)
     model, backbone = load_pairing_model(model_dir)
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems, keep_missing=True)
@@ -132,7 +136,7 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
         raise EmitError(f"{data}: no usable products; see the problems above")
     decisions = predict_products(model, backbone, products, cache_dir=cache_dir or default_cache_dir(),
                                  problems=problems, progress=progress, assign_mode=assign,
-                                 combine_mode=combine)
+                                 combine_mode=combine, device=device)
     unreadable = sum(t is None for d in decisions for t in d.tags)
     write_predictions(out, products, decisions, problems)
     return {"predictions": str(out), "baseline": str(baseline_path(out)),

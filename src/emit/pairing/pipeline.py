@@ -44,6 +44,7 @@ class ProductFeatures:
 def extract_product_features(
     products: Sequence[Product], backbone: Backbone, *, cache_dir: str | os.PathLike[str] | None,
     hflip_tta: bool, problems: ProblemLog, progress: bool = True, batch_size: int = 32,
+    device: str | None = "cpu",
 ) -> ProductFeatures:
     paths, names, owner = [], [], []
     slots: list[list[int | None]] = []  # per product, per image: its index in paths
@@ -60,7 +61,7 @@ def extract_product_features(
         slots.append(slot)
     feats, ok = extract_features(paths, backbone, cache_dir=cache_dir, batch_size=batch_size,
                                  problems=problems, progress=progress, hflip_tta=hflip_tta,
-                                 record_names=names)
+                                 record_names=names, device=device)
     keep = np.flatnonzero(ok)
     new_index = np.full(len(paths), -1)
     new_index[keep] = np.arange(len(keep))
@@ -124,9 +125,10 @@ def _fit(config: PairingConfig, data: LabelledImages, pids: np.ndarray, seed: in
 def train_pairing(
     products: Sequence[Product], config: PairingConfig, *, backbone: Backbone | None = None,
     cache_dir: str | os.PathLike[str] | None = None, problems: ProblemLog | None = None,
-    progress: bool = True, features: ProductFeatures | None = None,
+    progress: bool = True, features: ProductFeatures | None = None, device: str | None = "cpu",
 ) -> PairingModel:
-    """Learn the label vocabulary, the bag of tagger heads and the colour baseline."""
+    """Learn the label vocabulary, the bag of tagger heads and the colour baseline. ``device`` is
+    where the backbone extracts features (the heads are small and train on the CPU)."""
     config.validate()
     problems = problems if problems is not None else ProblemLog()
     products = [p for p in products if p.labelled]
@@ -140,7 +142,7 @@ def train_pairing(
                         "lower --min-count or train on more products")
     pf = features or extract_product_features(products, backbone, cache_dir=cache_dir,
                                               hflip_tta=config.hflip_tta, problems=problems,
-                                              progress=progress)
+                                              progress=progress, device=device)
     inputs = head_inputs(config, pf.features, pf.groups)
     data, pids = labelled_rows(pf, inputs, vocab.encode_many)
 
@@ -219,10 +221,11 @@ def predict_products(
     model: PairingModel, backbone: Backbone, products: Sequence[Product], *,
     cache_dir: str | os.PathLike[str] | None, problems: ProblemLog, progress: bool = True,
     assign_mode: AssignMode | None = None, combine_mode: CombineMode | None = None,
+    device: str | None = "cpu",
 ) -> list[ProductDecision]:
     """Features of the products' images (through the cache), then every product's decision."""
     pf = extract_product_features(products, backbone, cache_dir=cache_dir, hflip_tta=model.config.hflip_tta,
-                                  problems=problems, progress=progress)
+                                  problems=problems, progress=progress, device=device)
     return predict_pairing(model, pf, assign_mode=assign_mode, combine_mode=combine_mode)
 
 

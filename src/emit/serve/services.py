@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from emit.config import to_dict
-from emit.data.images import load_image
+from emit.data.images import IMAGE_SUFFIXES, load_image
 from emit.data.products import Product
 from emit.files import read_json
 from emit.pairing.assign import AssignMode
@@ -30,7 +30,6 @@ from emit.pairing.jobs import assignment_used, load_pairing_model
 from emit.pairing.model import MODEL_FILE, PairingModel
 from emit.pairing.pipeline import ProductDecision, predict_products
 from emit.problems import EmitError, ProblemLog
-from emit.retrieval.jobs import IMAGE_SUFFIXES
 from emit.retrieval.search import IndexSearcher
 from emit.vision.backbones import Backbone
 
@@ -47,6 +46,36 @@ def _warm_up_image(folder: Path, name: str = "warm-up.png") -> Path:
     return path
 
 
+class RowLookup:
+    """Image id -> row in the index. A small index gets a full dict; a large one, memory-mapped
+    (:class:`emit.retrieval.ondisk.IdColumn`), would cost every server process millions of Python
+    strings, so it remembers the rows of recent results instead (a search saw them first)."""
+
+    FULL_UP_TO = 1_000_000
+    REMEMBERED = 100_000
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self._full = ({image_id: row for row, image_id in enumerate(ids)}
+                      if isinstance(ids, list) or len(ids) <= self.FULL_UP_TO else None)
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, image_id: str, row: int) -> None:
+        if self._full is not None:
+            return
+        with self._lock:
+            self._recent[image_id] = row
+            self._recent.move_to_end(image_id)
+            while len(self._recent) > self.REMEMBERED:
+                self._recent.popitem(last=False)
+
+    def get(self, image_id: str) -> int | None:
+        if self._full is not None:
+            return self._full.get(image_id)
+        with self._lock:
+            return self._recent.get(image_id)
+
+
 class SearchService:
     """An index folder opened once (see :class:`emit.retrieval.search.IndexSearcher`)."""
 
@@ -55,7 +84,7 @@ class SearchService:
         self.cache_dir = cache_dir
         self.lock = threading.Lock()
         self.ids = self.searcher.indexes["images"].ids
-        self.row_of = {image_id: row for row, image_id in enumerate(self.ids)}
+        self.row_of = RowLookup(self.ids)
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
         self.info = self.searcher.describe()
@@ -77,7 +106,12 @@ class SearchService:
                target: str = "images") -> dict[str, Any]:
         with self.lock:  # the model; FAISS below runs outside the lock
             query = self.searcher.query_vectors(text, image=image, cache_dir=self.cache_dir)
-        return self.searcher.rank(query, top_k, target, "text" if text is not None else "image")
+        found = self.searcher.rank(query, top_k, target, "text" if text is not None else "image",
+                                   rows=target == "images")
+        for hit in found["results"]:
+            if "row" in hit:
+                self.row_of.remember(hit["id"], hit.pop("row"))
+        return found
 
     def image_path(self, row: int) -> Path | None:
         """The file of indexed image ``row``, if it is still there and is an image file."""

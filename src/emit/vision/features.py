@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emit.data.images import load_images_threaded
+from emit.devices import default_batch_size, inference_context, resolve_device, to_device
 from emit.files import OutsideRoot, open_read
 from emit.hashing import stream_sha256
 from emit.problems import EmitError, ProblemLog
@@ -142,6 +143,8 @@ def extract_features(
     progress: bool = True,
     hflip_tta: bool = False,
     record_names: Sequence[object] | None = None,
+    device: str | torch.device | None = "cpu",
+    autocast: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(N, backbone.dim)`` float32 and a bool mask ``ok`` ``(N,)`` for ``paths``.
 
@@ -150,6 +153,12 @@ def extract_features(
     cached vectors are reused and new ones stored per batch. ``hflip_tta`` averages each
     image's features with its mirror image's. Thread count for torch is left to the caller
     (``torch.set_num_threads``); ``num_threads`` is for reading and decoding.
+
+    ``device`` (see :func:`emit.devices.resolve_device`) is where the backbone runs; the model is
+    moved there and stays. On CUDA the forward pass runs under autocast from pinned, non-blocking
+    copies, ``batch_size`` grows to what the GPU's free memory allows, and the vectors come back
+    as float32 into the same cache as a CPU run's (the cache is keyed by the backbone, not the
+    device). ``autocast=False`` keeps full precision on CUDA too (for comparisons).
     """
     paths = [p if isinstance(p, Path) else Path(p) for p in paths]  # keeps a within() path's root
     n = len(paths)
@@ -183,9 +192,10 @@ def extract_features(
 
         todo = [h for h in rows_of if h not in vectors]
         if todo:
+            where = resolve_device(device)
             _compute(todo, rows_of, paths, records, backbone, features, ok, cache, bar,
                      batch_size=batch_size, num_threads=num_threads, problems=problems,
-                     hflip_tta=hflip_tta)
+                     hflip_tta=hflip_tta, device=where, autocast=autocast)
     finally:
         bar.close()
         if cache is not None:
@@ -201,20 +211,21 @@ def _fill(features: np.ndarray, ok: np.ndarray, rows: list[int], vec: np.ndarray
 def _compute(todo: list[str], rows_of: dict[str, list[int]], paths: list[Path],
              records: list[object], backbone: Backbone, features: np.ndarray, ok: np.ndarray,
              cache: FeatureCache | None, bar: tqdm, *, batch_size: int, num_threads: int,
-             problems: ProblemLog, hflip_tta: bool) -> None:
+             problems: ProblemLog, hflip_tta: bool, device: torch.device, autocast: bool) -> None:
     """Decode one file per missing hash, run the model in batches, store as we go."""
+    batch_size = default_batch_size(device, batch_size, backbone.image_size)
     first = [rows_of[h][0] for h in todo]
     images = load_images_threaded([paths[i] for i in first], backbone.transform, num_threads,
                                   problems, [records[i] for i in first])
-    model = backbone.model
+    model = backbone.model.to(device)
     was_training = model.training
     model.eval()
     batch: list[torch.Tensor] = []
     batch_hashes: list[str] = []
 
     def flush() -> None:
-        x = torch.stack(batch)
-        with torch.inference_mode():
+        x = to_device(torch.stack(batch), device)
+        with inference_context(device, autocast):
             out = model(x)
             if hflip_tta:
                 out = (out + model(x.flip(-1))) / 2
