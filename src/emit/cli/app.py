@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from emit import __version__
 from emit.cli.data import register as register_data
+from emit.cli.features import register as register_features
 from emit.cli.options import Parser, common_options
 from emit.cli.pair import register as register_pair
 from emit.cli.retrieval import register as register_retrieval
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_data(sub, common)  # split, labels stats, demo
     register_retrieval(sub, common)  # retrieval train / evaluate, index build, search
     register_serve(sub, common)  # the HTTP service and web pages
+    register_features(sub, common)  # features extract: Parquet shards, local or on Ray
     return parser
 
 

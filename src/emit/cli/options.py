@@ -113,6 +113,33 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+ENGINES = ("local", "ray")  # emit.scale.jobs.ENGINES, spelled out: parsing must not import torch
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """``--engine local|ray`` and the Ray actor pool's size and resources (for every command
+    that can run on Ray)."""
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this process; ray: Ray Data actors on the cluster at RAY_ADDRESS, or "
+                        "on a one-machine cluster started for the job")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="ray: actors, each loading the model once")
+    p.add_argument("--cpus-per-worker", type=non_negative_float, default=1.0,
+                   help="ray: CPUs per actor (also its torch and decoding threads)")
+    p.add_argument("--gpus-per-worker", type=non_negative_float, default=0.0,
+                   help="ray: GPUs per actor (0: run on CPUs)")
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1. Checked here, so the error names the
     flag the user typed (``argument --top: ...``), not a parameter inside the library."""

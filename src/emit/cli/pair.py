@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from emit.cli.config_flags import add_config_flags, field_choices
-from emit.cli.options import add_cache_dir, add_command, add_device, print_json
+from emit.cli.options import add_cache_dir, add_command, add_device, add_engine_flags, print_json
 from emit.config import PairingConfig, from_dict
 
 
@@ -23,6 +23,15 @@ def cmd_pair_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pair_predict(args: argparse.Namespace) -> int:
+    if args.engine == "ray":  # products spread over Ray actors; the same final_json.json
+        from emit.scale.predict import predict_job_ray
+
+        print_json(predict_job_ray(args.model, args.data, args.out, image_root=args.image_root,
+                                   cache_dir=args.cache_dir, assign=args.assign, combine=args.combine,
+                                   progress=not args.quiet, device=args.device, workers=args.workers,
+                                   cpus_per_worker=args.cpus_per_worker,
+                                   gpus_per_worker=args.gpus_per_worker))
+        return 0
     from emit.pairing.jobs import predict_job
 
     print_json(predict_job(args.model, args.data, args.out, image_root=args.image_root,
@@ -66,6 +75,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
                    help="assignment rule (default: the model's, normally exact)")
     p.add_argument("--combine", choices=field_choices(PairingConfig, "bag_combine"), default=None,
                    help="how bagged models combine (default: the model's)")
+    add_engine_flags(p)
     p.set_defaults(func=cmd_pair_predict)
 
 

@@ -1,0 +1,88 @@
+"""The Ray engine: the job's partitions as one Ray Dataset, mapped by
+:class:`~emit.scale.extract.ExtractBatch` on a fixed pool of actors.
+
+Each actor loads the backbone once (``map_batches`` with a callable class and
+``compute=ActorPoolStrategy(size=workers)``), with ``num_gpus`` per actor when asked. Rows come
+back to the driver as they are done, tagged with their partition; the driver writes a shard as
+soon as its partition is whole (:class:`~emit.scale.jobs.ShardWriter`), so a killed job keeps
+every shard it wrote. Ray is imported only here: without it, ``--engine ray`` says what to install.
+
+Ray joins the cluster at ``RAY_ADDRESS`` (``ray start --head`` on a laptop, or a cluster's
+head), or starts one on this machine; a job run inside an already initialised Ray uses that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from emit.problems import EmitError
+from emit.scale.extract import ExtractBatch
+from emit.scale.shards import Partition
+
+if TYPE_CHECKING:
+    from emit.scale.writer import ExtractJob, ShardWriter
+
+log = logging.getLogger("emit")
+INSTALL_HINT = "pip install 'emit[scale]'"
+
+
+def require_ray() -> None:
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+        raise EmitError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT} "
+                        "(or use --engine local)")
+
+
+def check_device(job: ExtractJob) -> None:
+    """Ray gives an actor a GPU only when asked for one: say so before starting anything."""
+    device = str(job.device).strip().lower()
+    if device.startswith("cuda") and not job.gpus_per_worker:
+        raise EmitError(f"--device {job.device} with --engine ray needs --gpus-per-worker (e.g. 1): "
+                        "Ray hides the GPUs from an actor that asked for none")
+    if device.startswith("cuda:"):
+        raise EmitError(f"--device {job.device}: with --engine ray, Ray chooses each actor's GPU; "
+                        "use --device cuda or auto")
+
+
+def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) -> None:
+    require_ray()
+    import ray
+    import ray.data
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=job.progress, logging_level=logging.WARNING)
+    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timing lines, unless -v
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # emit's own bar counts images, not blocks
+        items = [{"path": p, "part": part.index} for part in parts for p in part.paths]
+        threads = max(1, int(job.cpus_per_worker))
+        kwargs = job.extractor_kwargs(decode_threads=threads, torch_threads=threads)
+        if not job.gpus_per_worker and str(job.device).strip().lower() == "auto":
+            kwargs["device"] = "cpu"  # an actor given no GPU must not take one that it sees
+        # ~8 blocks an actor: the pool stays busy to the end, without a task per batch
+        blocks = max(1, min(-(-len(items) // job.batch_size), 8 * job.workers))
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        options: dict[str, Any] = {"num_cpus": job.cpus_per_worker}
+        if job.gpus_per_worker:
+            options["num_gpus"] = job.gpus_per_worker
+        ds = ds.map_batches(
+            ExtractBatch,
+            fn_constructor_kwargs=kwargs,
+            batch_size=job.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.workers), udf_modifying_row_count=False,
+            **options,
+        )
+        for rows in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(rows)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, EmitError):  # an actor's clear message, not Ray's traceback
+            raise EmitError(f"a Ray worker stopped the job: {exc.cause}") from exc
+        raise
+    finally:
+        if started:
+            ray.shutdown()
