@@ -108,15 +108,37 @@ def training_rate(device: torch.device, small: bool) -> None:
 
 
 def distributed(device: torch.device, work: Path) -> None:
-    """The DDP end-to-end test: ``torchrun`` on every GPU here (NCCL), or 2 CPU processes."""
-    env = {**os.environ, "EMIT_DDP_DEVICE": device.type}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-           str(HERE.parent / "tests" / "retrieval" / "test_distributed.py")]
+    """``torchrun -m emit retrieval train`` on every GPU here (NCCL; 1 GPU: one rank), killed
+    after its first checkpoint and run again to resume; then the 2-process gloo tests (the
+    collectives' maths: equal to one process on the concatenated batch)."""
+    from emit.data.synthetic import make_shapes
+
+    data = make_shapes(work / "shapes", variants=4)
+    ranks = max(1, torch.cuda.device_count()) if device.type == "cuda" else 2
+    out = work / "ddp-run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           "-m", "emit", "retrieval", "train", "-q", "--titles", str(data["titles"]), "--clicks",
+           str(data["clicks"]), "--vectors", str(data["vectors"]), "--backbone", "efficientnet-lite0",
+           "--epochs", "30", "--batch-size", str(16 * ranks), "--cache-dir", str(work / "cache"),
+           "--out", str(out), "--device", device.type]
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=300)
-    tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-    report("distributed training test", device=device.type, ok=done.returncode == 0,
-           seconds=round(time.perf_counter() - start, 1), tail=tail)
+    first = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while first.poll() is None and not (out / "checkpoint.pt").exists() and time.perf_counter() - start < 240:
+        time.sleep(0.2)
+    killed = first.poll() is None
+    if killed:
+        first.terminate()
+    first.wait(timeout=60)
+    second = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    summary = (second.stdout.strip().splitlines() or [""])
+    report("torchrun retrieval train", device=device.type, ranks=ranks, killed_after_checkpoint=killed,
+           ok=second.returncode == 0 and (out / "retrieval.json").is_file(),
+           seconds=round(time.perf_counter() - start, 1), tail=summary[-3:] + second.stderr.splitlines()[-3:])
+    tests = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+             str(HERE.parent / "tests" / "retrieval" / "test_distributed.py")]
+    done = subprocess.run(tests, cwd=work, capture_output=True, text=True, timeout=300)
+    report("distributed training tests (gloo, 2 processes)", ok=done.returncode == 0,
+           tail=(done.stdout + done.stderr).strip().splitlines()[-3:])
 
 
 def main() -> int:

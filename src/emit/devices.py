@@ -13,6 +13,7 @@ cache is keyed by the backbone's identity, not the device.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,22 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             raise EmitError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
         return device
     raise EmitError(f"--device {name!r}: emit runs on cpu, cuda or mps")
+
+
+def local_device(name: str | torch.device | None = "auto") -> torch.device:
+    """:func:`resolve_device`, except that a bare ``cuda`` under torchrun means this process's
+    GPU (``LOCAL_RANK``), so N ranks on one node take N GPUs instead of all sharing the first."""
+    device = resolve_device(name)
+    local = os.environ.get("LOCAL_RANK")
+    explicit = isinstance(name, str) and ":" in name
+    if device.type == "cuda" and local is not None and not explicit:
+        index = int(local)
+        if index >= torch.cuda.device_count():
+            raise EmitError(f"torchrun started local rank {index}, but this node has "
+                            f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node up to that")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return device
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -49,7 +49,7 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +67,7 @@ def _is_dead_writers(temp: Path, now: float) -> bool:
         except OSError:
             return False
     host, pid = match.group(1), int(match.group(2))
-    return host == _HOST and pid != os.getpid() and not _pid_alive(pid)
+    return host == _HOST and pid != os.getpid() and not pid_alive(pid)
 
 
 def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:

@@ -15,16 +15,14 @@ from hypothesis.extra.numpy import arrays
 from emit.problems import EmitError
 from emit.retrieval.distances import score_matrix
 from emit.retrieval.evaluate import evaluate_embeddings
+from emit.retrieval.fold import apply_bias, fold_candidates, fold_queries
 from emit.retrieval.hubness import (
     HubnessBank,
-    apply_bias,
     bank_bias,
     biases,
     build_bank,
     corrects,
     describe,
-    fold_candidates,
-    fold_queries,
     resolve,
 )
 from emit.retrieval.layout import BANK_FILE

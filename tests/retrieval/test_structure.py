@@ -63,10 +63,17 @@ def _imports(module: str) -> list[tuple[str, bool]]:
     return found
 
 
+# Imports inside a function that are no patched-over circle: the worker processes of an index
+# build from feature shards (emit.retrieval.ondisk) load the model, and with it torch (~700 MB
+# a process), only when the run has one to apply.
+LAZY_FOR_MEMORY = {("emit.retrieval.ondisk", "emit.retrieval.model"),
+                   ("emit.retrieval.ondisk", "emit.retrieval.hubness")}
+
+
 def test_retrieval_imports_its_own_modules_at_the_top_only() -> None:
-    hidden = [(m, t) for m in MODULES if m.startswith("emit.retrieval")
-              for t, inside in _imports(m) if inside and t.startswith(("emit.retrieval", "emit.plots"))]
-    assert hidden == []
+    hidden = {(m, t) for m in MODULES if m.startswith("emit.retrieval")
+              for t, inside in _imports(m) if inside and t.startswith(("emit.retrieval", "emit.plots"))}
+    assert hidden - LAZY_FOR_MEMORY == set()
     # the package face loads lazily: no module imports it back
     assert all(t != "emit.retrieval" for m in MODULES for t, _ in _imports(m))
 

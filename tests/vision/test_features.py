@@ -194,3 +194,29 @@ def test_lite0_end_to_end(images: list[Path], tmp_path: Path) -> None:
     feats, ok = extract_features(images[:3], backbone, cache_dir=tmp_path, batch_size=2,
                                  progress=False)
     assert ok.all() and feats.shape == (3, 1431) and np.isfinite(feats).all()
+
+
+def _open_and_put(task: tuple[str, int]) -> int:
+    from emit.vision.features import FeatureCache
+
+    folder, row = task
+    with FeatureCache(folder, "key") as cache:
+        cache.put_many({str(row): np.zeros(3, np.float32)})
+    return row
+
+
+def test_many_processes_can_create_one_new_cache_at_once(tmp_path) -> None:
+    """The ranks of a torchrun job open the same new cache together. Switching it to WAL does not
+    wait for SQLite's busy timeout, so this used to fail some of them with 'database is locked'
+    (an EmitError that killed one rank); every process now gets in and every row is kept."""
+    import multiprocessing
+
+    for trial in range(4):
+        folder = tmp_path / f"cache{trial}"
+        with multiprocessing.get_context("fork").Pool(8) as pool:
+            done = pool.map(_open_and_put, [(str(folder), row) for row in range(8)])
+        assert done == list(range(8))
+        from emit.vision.features import FeatureCache
+
+        with FeatureCache(folder, "key") as cache:
+            assert len(cache) == 8

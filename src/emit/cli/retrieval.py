@@ -4,6 +4,7 @@ parsing only; the work is in :mod:`emit.retrieval.jobs`::
     emit retrieval train --titles T --clicks Q --out RUN [config flags]
     emit retrieval evaluate RUN --captions C
     emit index build RUN IMAGES... --out IDX [--texts CAPTIONS]
+    emit index build RUN --from-features FEATS --kind ivfpq --out IDX [--workers 4]
     emit search IDX "text" --top 10
     emit search IDX --image photo.jpg --top 10 [--target texts]
 
@@ -14,9 +15,10 @@ A flag of ``retrieval train`` that the chosen text encoder does not use (``--hid
 from __future__ import annotations
 
 import argparse
+import os
 
 from emit.cli.config_flags import add_config_flags, flag_name, given_flags
-from emit.cli.options import add_cache_dir, add_command, positive_int, print_json
+from emit.cli.options import add_cache_dir, add_command, add_device, positive_int, print_json
 from emit.config import from_dict
 from emit.data.captions import FORMATS
 from emit.problems import EmitError
@@ -57,10 +59,13 @@ def config_from(args: argparse.Namespace) -> RetrievalConfig:
 def cmd_retrieval_train(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import train_job
 
-    print_json(train_job(args.titles, args.clicks, args.out, config_from(args),
-                         titles_format=args.titles_format, clicks_format=args.clicks_format,
-                         image_root=args.image_root, val_titles=args.val_titles,
-                         val_clicks=args.val_clicks, cache_dir=args.cache_dir, progress=not args.quiet))
+    summary = train_job(args.titles, args.clicks, args.out, config_from(args),
+                        titles_format=args.titles_format, clicks_format=args.clicks_format,
+                        image_root=args.image_root, val_titles=args.val_titles,
+                        val_clicks=args.val_clicks, cache_dir=args.cache_dir, progress=not args.quiet,
+                        device=args.device)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary: rank 0's
+        print_json(summary)
     return 0
 
 
@@ -69,17 +74,46 @@ def cmd_retrieval_evaluate(args: argparse.Namespace) -> int:
 
     print_json(evaluate_job(args.run, args.captions, fmt=args.format, image_root=args.image_root,
                             cache_dir=args.cache_dir, out=args.out, held_out=args.held_out,
-                            hubness=args.hubness, beta=args.hubness_beta, progress=not args.quiet))
+                            hubness=args.hubness, beta=args.hubness_beta, progress=not args.quiet,
+                            device=args.device))
     return 0
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import build_index_job
 
-    print_json(build_index_job(args.run, args.images, args.out, kind=args.kind, texts=args.texts,
+    if args.from_features is not None:
+        return _index_build_from_features(args)
+    if not args.images:
+        raise EmitError("give the images to index (files or folders), or --from-features DIR")
+    for flag in ("nlist", "nprobe", "pq_m", "train_size", "workers"):
+        if getattr(args, flag) is not None:
+            raise EmitError(f"--{flag.replace('_', '-')} applies to --from-features builds only")
+    if args.kind not in (None, "exact", "ivf", "hnsw"):
+        raise EmitError(f"--kind {args.kind} needs --from-features DIR; for image folders use exact, ivf "
+                        "or hnsw")
+    print_json(build_index_job(args.run, args.images, args.out, kind=args.kind or "exact", texts=args.texts,
                                texts_format=args.texts_format, image_root=args.image_root,
                                cache_dir=args.cache_dir, hubness=args.hubness, beta=args.hubness_beta,
-                               progress=not args.quiet))
+                               progress=not args.quiet, device=args.device))
+    return 0
+
+
+def _index_build_from_features(args: argparse.Namespace) -> int:
+    import os
+
+    from emit.retrieval.jobs import build_index_from_features_job
+    from emit.retrieval.ondisk import BuildSettings
+
+    if args.images:
+        raise EmitError(f"give either images or --from-features {args.from_features}, not both")
+    settings = BuildSettings(kind=args.kind or "ivfpq", nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                             train_size=args.train_size,
+                             workers=args.workers or max(1, min(4, os.cpu_count() or 1)))
+    print_json(build_index_from_features_job(args.run, args.from_features, args.out, settings=settings,
+                                             texts=args.texts, texts_format=args.texts_format,
+                                             image_root=args.image_root, hubness=args.hubness,
+                                             beta=args.hubness_beta))
     return 0
 
 
@@ -87,7 +121,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from emit.retrieval.jobs import search_job
 
     result = search_job(args.index, args.text, image=args.image, top=args.top, target=args.target,
-                        model=args.model, cache_dir=args.cache_dir)
+                        model=args.model, cache_dir=args.cache_dir, device=args.device)
     if args.json:
         print_json(result)
         return 0
@@ -105,6 +139,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="resolve relative image paths against this folder "
                         "(if not given: the data file's folder)")
     add_cache_dir(p)
+    add_device(p)
 
 
 def _hubness_flags(p: argparse.ArgumentParser) -> None:
@@ -153,10 +188,26 @@ def _evaluate(e: argparse.ArgumentParser) -> None:
 def _index_build(b: argparse.ArgumentParser) -> None:
     _data_flags(b)
     b.add_argument("run", help="run folder from `emit retrieval train`")
-    b.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    b.add_argument("images", nargs="*", help="image files or folders (searched recursively)")
     b.add_argument("--out", required=True, help="index folder to write")
-    b.add_argument("--kind", default="exact", choices=["exact", "ivf", "hnsw"],
-                   help="exact brute force, or approximate for large collections")
+    b.add_argument("--from-features", default=None, metavar="DIR",
+                   help="instead of images: the Parquet shards of `emit features extract --out DIR`; "
+                        "the index is trained on a sample, filled by parallel processes, merged on disk "
+                        "and opened memory-mapped, so it may exceed RAM (ivfpq, ivfflat)")
+    b.add_argument("--kind", default=None, choices=["exact", "ivf", "hnsw", "ivfflat", "ivfpq"],
+                   help="exact brute force, or approximate for large collections (default: exact; "
+                        "ivfpq with --from-features); ivfflat and ivfpq need --from-features")
+    large = b.add_argument_group("--from-features builds")
+    large.add_argument("--nlist", type=positive_int, default=None,
+                       help="IVF lists (default: about 4 sqrt(N))")
+    large.add_argument("--nprobe", type=positive_int, default=None,
+                       help="IVF lists visited per query (default: max(8, nlist / 8))")
+    large.add_argument("--pq-m", type=positive_int, default=None,
+                       help="PQ bytes per vector (default: one per 4 dimensions, at most 64)")
+    large.add_argument("--train-size", type=positive_int, default=None,
+                       help="rows sampled to train the quantiser (default: max(40 nlist, 10000))")
+    large.add_argument("--workers", type=positive_int, default=None,
+                       help="processes adding shards in parallel (default: the cores, at most 4)")
     b.add_argument("--texts", default=None, help="also index the texts of this caption file (image -> text)")
     b.add_argument("--texts-format", default="auto", choices=CAPTION_FORMATS,
                    help="format of the --texts file")
@@ -173,6 +224,7 @@ def _search(s: argparse.ArgumentParser) -> None:
                    help="search images, or the texts indexed with --texts")
     s.add_argument("--model", default=None, help="run folder (if not given: the one that built the index)")
     add_cache_dir(s, "feature cache for --image queries")
+    add_device(s)
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_search)
 

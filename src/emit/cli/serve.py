@@ -30,6 +30,10 @@ _FLAGS: dict[str, str] = {
     "log_level": "critical, error, warning, info or debug (EMIT_LOG_LEVEL; default: info)",
     "shutdown_timeout": "seconds requests in flight get to finish on SIGTERM (EMIT_SHUTDOWN_TIMEOUT; "
                         "default: 10)",
+    "workers": "server processes sharing the port (EMIT_WORKERS; default: 1); each opens the index, "
+               "memory-mapped and read-only when it was built with --from-features, so they share its pages",
+    "device": "where the models run: auto (CUDA if present, then MPS, else CPU), cpu, cuda, cuda:N or mps "
+              "(EMIT_DEVICE; default: auto)",
     "max_upload_mb": "largest request body in MB (EMIT_MAX_UPLOAD_MB; default: 20)",
     "max_images": "most images in one upload (EMIT_MAX_IMAGES; default: 32)",
     "max_top_k": "most results of one search (EMIT_MAX_TOP_K; default: 100)",

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from emit import distributed
 from emit.commit import FolderCommit, folder_commit, write_problems
 from emit.config import PairingConfig
 from emit.data.products import Product, read_products, read_truth, write_final_json
-from emit.devices import resolve_device
+from emit.devices import local_device, resolve_device
 from emit.files import atomic_write_bytes, recover_folder
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
@@ -49,7 +50,12 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
               image_root: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
               progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     config.validate()
-    resolve_device(device)  # a device that is not there is refused before any work
+    where = local_device(device)  # absent: refused before any work; under torchrun: this rank's GPU
+    if distributed.launched() and not config.tune_full_model:
+        # Only fine-tuning is data-parallel; the heads train in seconds on one process, and
+        # several processes would race to write one model folder.
+        raise EmitError("emit pair train runs data-parallel under torchrun only with --tune-full-model; "
+                        "run it without torchrun, or add --tune-full-model")
     start = time.perf_counter()
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems)
@@ -60,6 +66,7 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
     if config.tune_full_model:
         from emit.pairing.finetune import finetune_backbone
 
+        backbone.model.to(where)
         backbone = finetune_backbone(products, backbone, config, Path(out), problems=problems,
                                      progress=progress)
     model = train_pairing(products, config, backbone=backbone, cache_dir=cache, problems=problems,

@@ -13,6 +13,7 @@ from scipy.special import softmax
 
 from emit.config import PairingConfig
 from emit.data.products import Product
+from emit.devices import resolve_device
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
@@ -98,7 +99,7 @@ def labelled_rows(pf: ProductFeatures, inputs: np.ndarray,
 
 
 def _fit(config: PairingConfig, data: LabelledImages, pids: np.ndarray, seed: int, *,
-         loss: str, listwise_weight: float, data_fraction: float) -> FitResult:
+         loss: str, listwise_weight: float, data_fraction: float, device: str | None = "cpu") -> FitResult:
     """Hold out products (by hash) for early stopping, subsample the rest, and fit a head."""
     is_val = np.array([in_validation(p, config.val_fraction, seed) for p in pids], dtype=bool)
     if is_val.all():
@@ -118,7 +119,7 @@ def _fit(config: PairingConfig, data: LabelledImages, pids: np.ndarray, seed: in
         loss=loss, hidden=config.hidden, dropout=config.dropout, lr=config.lr,  # type: ignore[arg-type]
         batch_size=config.batch_size, weight_decay=config.weight_decay,
         max_epochs=config.max_epochs, patience=config.patience,
-        listwise_weight=listwise_weight, seed=seed,
+        listwise_weight=listwise_weight, seed=seed, device=resolve_device(device),
     )
 
 
@@ -128,7 +129,7 @@ def train_pairing(
     progress: bool = True, features: ProductFeatures | None = None, device: str | None = "cpu",
 ) -> PairingModel:
     """Learn the label vocabulary, the bag of tagger heads and the colour baseline. ``device`` is
-    where the backbone extracts features (the heads are small and train on the CPU)."""
+    where the backbone extracts features and the heads train."""
     config.validate()
     problems = problems if problems is not None else ProblemLog()
     products = [p for p in products if p.labelled]
@@ -158,14 +159,14 @@ def train_pairing(
             label_ids = np.arange(n_labels)
         fraction = config.bag_data_fraction if config.bag_size > 1 else 1.0
         result = _fit(config, data.select_labels(label_ids), pids, seed, loss=config.loss,
-                      listwise_weight=config.listwise_weight, data_fraction=fraction)
+                      listwise_weight=config.listwise_weight, data_fraction=fraction, device=device)
         log.info("member %d: %d labels, best epoch %d of %d", k, len(label_ids),
                  result.best_epoch, result.epochs)
         members.append(Member(label_ids, result.head, seed, _curves(result)))
 
     baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
     baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
-                    data_fraction=1.0).head
+                    data_fraction=1.0, device=device).head
     return PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim)
 
 

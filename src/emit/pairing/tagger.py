@@ -158,15 +158,18 @@ def fit_head(
     patience: int = 10,
     listwise_weight: float = 1.0,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> FitResult:
     """Train a head with Adam; keep the epoch whose validation images rank their true tag first
-    most often (ties: lower validation loss), stopping after ``patience`` epochs without one."""
+    most often (ties: lower validation loss), stopping after ``patience`` epochs without one.
+    ``device`` is where it trains (the returned head is on the CPU, as a loaded one is)."""
     if len(train) == 0:
         raise ValueError("no training images")
     with _one_thread():
         return _fit_head(train, val, loss=loss, hidden=hidden, dropout=dropout, lr=lr,
                          batch_size=batch_size, weight_decay=weight_decay, max_epochs=max_epochs,
-                         patience=patience, listwise_weight=listwise_weight, seed=seed)
+                         patience=patience, listwise_weight=listwise_weight, seed=seed,
+                         device=torch.device(device))
 
 
 @contextmanager
@@ -183,14 +186,15 @@ def _one_thread() -> Iterator[None]:
 
 def _fit_head(train: LabelledImages, val: LabelledImages | None, *, loss: LossName, hidden: int,
               dropout: float, lr: float, batch_size: int, weight_decay: float, max_epochs: int,
-              patience: int, listwise_weight: float, seed: int) -> FitResult:
+              patience: int, listwise_weight: float, seed: int, device: torch.device) -> FitResult:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     head = TaggerHead(train.features.shape[1], train.targets.shape[1], hidden, dropout)
     head.fit_standardisation(train.features)
+    head.to(device)
     optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
-    tr = _tensors(train)
-    va = _tensors(val) if val is not None and len(val) else None
+    tr = {k: v.to(device) for k, v in _tensors(train).items()}  # on the device once, not per batch
+    va = {k: v.to(device) for k, v in _tensors(val).items()} if val is not None and len(val) else None
     best_state, best, best_epoch = None, (-1.0, float("inf")), 0
     train_curve: list[float] = []
     val_curve: list[float] = []
@@ -198,7 +202,7 @@ def _fit_head(train: LabelledImages, val: LabelledImages | None, *, loss: LossNa
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         head.train()
-        order = torch.randperm(len(train), generator=generator)
+        order = torch.randperm(len(train), generator=generator).to(device)
         total = 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -227,4 +231,5 @@ def _fit_head(train: LabelledImages, val: LabelledImages | None, *, loss: LossNa
     else:
         best_epoch = epoch
     head.eval()
+    head.to("cpu")
     return FitResult(head, epoch, best_epoch, train_curve, val_curve, val_hits)

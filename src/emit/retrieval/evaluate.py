@@ -49,7 +49,8 @@ from emit.metrics import map_at_r, mean_average_precision, median_rank, recall_a
 from emit.plots import plot_evaluation
 from emit.problems import EmitError
 from emit.retrieval.distances import score_matrix, text_groups
-from emit.retrieval.hubness import DEFAULT_BETA, HubnessBank, apply_bias, biases, describe, resolve
+from emit.retrieval.fold import apply_bias
+from emit.retrieval.hubness import DEFAULT_BETA, HubnessBank, biases, describe, resolve
 from emit.retrieval.model import RetrievalModel
 from emit.retrieval.pairs import Pairs
 

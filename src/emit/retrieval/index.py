@@ -21,24 +21,31 @@ side should pass one dict covering both (e.g. ``{"text": ..., "image_projection"
 
 ``bias=`` (one value per row) builds an index that ranks by ``score - bias``: the hubness
 correction of :mod:`emit.retrieval.hubness`, folded into one extra coordinate of every row
-(:func:`~emit.retrieval.hubness.fold_candidates`). Queries keep the model's dimension; the
+(:func:`~emit.retrieval.fold.fold_candidates`). Queries keep the model's dimension; the
 index appends the matching constant, and ``params["hubness"]`` records beta and the bank.
 ``search(..., corrected=False)`` gives the plain scores of an inner-product index (for
 queries of the same modality as the rows).
+
+An index built from feature shards (``emit index build --from-features``,
+:mod:`emit.retrieval.ondisk`) has manifest format 2: its ids live in ``ids.arrow`` and an IVF
+index's lists in ``lists.ivfdata``; :func:`load_index` opens it memory-mapped and read-only, with
+the same identity checks. Format-1 folders load as before.
 
 FAISS runs on all cores through OpenMP; call ``faiss.omp_set_num_threads(n)`` to share them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -46,16 +53,20 @@ from emit.commit import folder_commit
 from emit.config import versions
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.problems import EmitError
-from emit.retrieval.hubness import fold_candidates, fold_queries
+from emit.retrieval.fold import fold_candidates, fold_queries
 
 INDEX_FILE, MANIFEST_FILE = "index.faiss", "index.json"
 FORMAT_VERSION = 1
+ONDISK_FORMAT = 2  # ids in a side file, lists on disk: emit.retrieval.ondisk (read here, written there)
+LISTS_FILE = "lists.ivfdata"  # format 2, IVF kinds: the inverted lists (OnDiskInvertedLists)
+IDS_FILE = "ids.arrow"  # format 2: row -> path, sha256 (Arrow IPC, memory-mapped)
+SHA_CHECK_BYTES = 64 << 20  # format-2 index.faiss files up to this size are hashed on open; larger sized
 KINDS = ("exact", "ivf", "hnsw")
 METRICS = ("l2", "ip")
 FAISS_PACKAGE = "faiss-cpu"
 
 
-def _faiss() -> Any:
+def faiss_module() -> Any:
     try:
         import faiss
     except ImportError as exc:
@@ -64,7 +75,7 @@ def _faiss() -> Any:
 
 
 def _metric_code(metric: str) -> int:
-    faiss = _faiss()
+    faiss = faiss_module()
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 
 
@@ -121,7 +132,7 @@ class SearchIndex:
 
     def tune(self, *, nprobe: int | None = None, ef_search: int | None = None) -> SearchIndex:
         """Set search-time effort: IVF lists visited, HNSW candidate list size. Returns self."""
-        faiss = _faiss()
+        faiss = faiss_module()
         if nprobe is not None:
             ivf = faiss.try_extract_index_ivf(self.index)
             if ivf is None:
@@ -148,6 +159,7 @@ class SearchIndex:
             raise EmitError(f"k must be >= 1, got {k}")
         q = _as_matrix(queries, "queries", self.query_dim)
         if self.corrected:
+
             q = fold_queries(q, self.metric, corrected)
         k_eff = min(int(k), len(self))
         if q.shape[0] == 0:
@@ -176,7 +188,7 @@ class SearchIndex:
         return scores, ids
 
     def _rows(self) -> np.ndarray:
-        faiss = _faiss()
+        faiss = faiss_module()
         ivf = faiss.try_extract_index_ivf(self.index)
         if ivf is not None:
             ivf.make_direct_map()
@@ -206,8 +218,11 @@ class SearchIndex:
     # ---- persistence ------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``index.faiss`` and ``index.json`` into ``folder`` as one commit."""
-        faiss = _faiss()
+        faiss = faiss_module()
         folder = Path(folder)
+        if self.params.get("storage") in ("ondisk", "mmap"):
+            raise EmitError("an index opened from feature shards is saved when it is built and read-only "
+                            "here; copy its folder, or build again with `emit index build --from-features`")
         # No folder manifest of its own: index.json already records the sha256 of index.faiss.
         with folder_commit(folder, label="index", manifest=False):
             self._write(folder, faiss)
@@ -238,7 +253,7 @@ class SearchIndex:
 
 
 def _hnsw_of(index: Any) -> Any:
-    faiss = _faiss()
+    faiss = faiss_module()
     try:
         return faiss.downcast_index(index).hnsw
     except AttributeError:
@@ -263,7 +278,7 @@ def build_index(vectors: Any, ids: Sequence[str], kind: str = "exact", metric: s
     ``score - bias`` (see the module docstring); ``hubness`` (beta, the bank's identity, ...)
     is recorded with it in ``params["hubness"]``.
     """
-    faiss = _faiss()
+    faiss = faiss_module()
     if kind not in KINDS:
         raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     if metric not in METRICS:
@@ -277,6 +292,7 @@ def build_index(vectors: Any, ids: Sequence[str], kind: str = "exact", metric: s
         raise EmitError(f"{n} vectors but {len(ids)} ids; give one id per vector")
     params: dict[str, Any] = {}
     if bias is not None:
+
         x, shift = fold_candidates(x, bias, metric)
         d += 1
         params["hubness"] = {**dict(hubness or {}), "shift": shift}
@@ -411,17 +427,19 @@ def load_index(folder: str | os.PathLike[str], *, expect_backbone: Any = None,
     ``expect_backbone`` / ``expect_encoder`` (identity dicts, a Backbone, a text encoder) are
     compared with the recorded identities; any difference is an :class:`EmitError` naming it.
     """
-    faiss = _faiss()
+    faiss = faiss_module()
     folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file():
         raise EmitError(f"{folder}: not a search index (no {MANIFEST_FILE}); build one first")
     meta = read_json(folder / MANIFEST_FILE)
     version = meta.get("format") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
-        raise EmitError(f"{folder / MANIFEST_FILE}: index format {version!r} is not {FORMAT_VERSION}; "
-                        "rebuild the index with this version of emit")
+    if version not in (FORMAT_VERSION, ONDISK_FORMAT):
+        raise EmitError(f"{folder / MANIFEST_FILE}: index format {version!r} is not {FORMAT_VERSION} or "
+                        f"{ONDISK_FORMAT}; rebuild the index with this version of emit")
     _check_identity(folder, "backbone", meta.get("backbone"), expect_backbone)
     _check_identity(folder, "encoder", meta.get("encoder"), expect_encoder)
+    if version == ONDISK_FORMAT:  # built from feature shards: opened memory-mapped, read-only
+        return load_ondisk(folder, meta)
     try:
         data = (folder / INDEX_FILE).read_bytes()
     except OSError as exc:
@@ -445,4 +463,125 @@ def load_index(folder: str | os.PathLike[str], *, expect_backbone: Any = None,
         built.tune(nprobe=params["nprobe"])
     if params.get("ef_search") is not None:
         built.tune(ef_search=params["ef_search"])
+    return built
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """FAISS's on-disk code prints progress with C printf; send it to stderr, so a command's
+    stdout (``emit search --json``) stays clean JSON."""
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real stdout (an embedding app): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)  # C's buffered stdout, before fd 1 is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+# ---- format 2: built from feature shards (emit.retrieval.ondisk), opened memory-mapped ----
+
+
+class IdColumn(Sequence[str]):
+    """The ids (image paths) of an index's rows, memory-mapped from ``ids.arrow``: rows are
+    looked up on demand, never turned into millions of Python strings."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.ipc
+        except ImportError as exc:
+            raise EmitError("indexes built from feature shards need pyarrow: pip install pyarrow") from exc
+        self.path = Path(path)
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(self.path), "r")).read_all()
+        except (OSError, pa.ArrowException) as exc:
+            raise EmitError(f"{self.path}: cannot read the index's ids ({str(exc)[:200]}); rebuild the "
+                            "index") from exc
+        self._paths = table.column("path").chunks
+        self._shas = table.column("sha256").chunks
+        self._starts = np.cumsum([0] + [len(c) for c in self._paths]).tolist()
+        self._n = self._starts[-1]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        if row < 0:
+            row += self._n
+        if not 0 <= row < self._n:
+            raise IndexError(f"row {row} outside 0..{self._n - 1}")
+        chunk = bisect_right(self._starts, row) - 1
+        return chunk, row - self._starts[chunk]
+
+    @overload
+    def __getitem__(self, row: int) -> str: ...
+    @overload
+    def __getitem__(self, row: slice) -> list[str]: ...
+
+    def __getitem__(self, row: int | slice) -> str | list[str]:
+        if isinstance(row, slice):
+            return [self[i] for i in range(*row.indices(self._n))]
+        chunk, at = self._locate(int(row))
+        return str(self._paths[chunk][at].as_py())
+
+    def sha256(self, row: int) -> str | None:
+        """The sha256 of the image file of ``row`` (None if the extractor could not hash it)."""
+        chunk, at = self._locate(int(row))
+        value = self._shas[chunk][at].as_py()
+        return None if value is None else str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._paths:
+            yield from (str(p) for p in chunk.to_pylist())
+
+
+def load_ondisk(folder: Path, meta: dict[str, Any]) -> Any:
+    """Open a format-2 index folder read-only and memory-mapped (called by ``load_index``)."""
+    faiss = faiss_module()
+    path = folder / INDEX_FILE
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise EmitError(f"{path}: cannot read the index ({exc.strerror or exc}); rebuild it") from exc
+    torn = (f"does not match {MANIFEST_FILE} (the folder mixes two builds, or the file is damaged); "
+            "rebuild the index")
+    hashed = size <= SHA_CHECK_BYTES  # a large (HNSW, Flat) index file is checked by its size
+    if size != meta.get("index_bytes") or (
+            hashed and hashlib.sha256(path.read_bytes()).hexdigest() != meta.get("index_sha256")):
+        raise EmitError(f"{path}: {torn}")
+    lists = meta.get("lists_file")
+    if lists is not None:
+        lists_path = folder / str(lists)
+        if not lists_path.is_file() or lists_path.stat().st_size != meta.get("lists_bytes"):
+            raise EmitError(f"{lists_path}: missing, or {torn}")
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    else:
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+    try:
+        with stdout_to_stderr():
+            index = faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise EmitError(f"{path}: FAISS cannot read it ({str(exc)[:200]}); rebuild") from exc
+    ids = IdColumn(folder / str(meta.get("ids_file") or IDS_FILE))
+    if index.ntotal != len(ids) or index.d != meta.get("dim") or index.ntotal != meta.get("count"):
+        raise EmitError(f"{folder}: the index holds {index.ntotal} x {index.d}-d vectors but the manifest "
+                        f"lists {len(ids)} ids of {meta.get('dim')}-d; rebuild the index")
+    built = SearchIndex(index, ids, str(meta["kind"]), str(meta["metric"]),  # type: ignore[arg-type]
+                        dict(meta.get("params") or {}), meta.get("backbone"), meta.get("encoder"))
+    if built.params.get("nprobe") is not None:
+        built.tune(nprobe=built.params["nprobe"])
+    if built.params.get("ef_search") is not None:
+        built.tune(ef_search=built.params["ef_search"])
     return built

@@ -63,9 +63,10 @@ class RetrievalModel:
             x = normalise_rows(x)
         if self.projection is not None:
             self.projection.eval()
+            device = next(self.projection.parameters()).device  # where it was trained or put
             with torch.no_grad():
-                parts = [self.projection(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
-                         .numpy() for i in range(0, len(x), batch_size)]
+                parts = [self.projection(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+                                         .to(device)).cpu().numpy() for i in range(0, len(x), batch_size)]
             x = np.concatenate(parts) if parts else np.zeros((0, self.projection.dim_out), np.float32)
         if self.metric == "ip":
             x = normalise_rows(x)

@@ -6,6 +6,9 @@ identities), optionally ``texts/``, an index of caption texts for image -> text 
 ``retrieval_index.json``, which names the model folder that built it, so ``emit search IDX
 "text"`` finds the text encoder by itself. ``emit search`` opens one searcher per call,
 ``emit serve`` one at start-up (:meth:`IndexSearcher.describe` is what it shows about it).
+An index built from feature shards (``emit index build --from-features``) is opened
+memory-mapped and read-only (:mod:`emit.retrieval.ondisk`), so several server processes share
+one copy of it in the page cache.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import numpy as np
 
 from emit.commit import verify_folder
 from emit.config import to_dict
+from emit.devices import resolve_device
 from emit.files import read_json
 from emit.problems import EmitError, ProblemLog
-from emit.retrieval.index import INDEX_FILE, MANIFEST_FILE, SearchIndex, load_index
+from emit.retrieval.index import IDS_FILE, INDEX_FILE, LISTS_FILE, MANIFEST_FILE, SearchIndex, load_index
 from emit.retrieval.layout import MODEL_FILE
 from emit.retrieval.model import RetrievalModel, model_backbone
 from emit.vision.backbones import Backbone
@@ -84,17 +88,20 @@ class IndexSearcher:
     indexes: dict[str, SearchIndex]  # target ('images' / 'texts') -> index
     model_folder: str = ""  # the model's folder, as given or as the index's pointer names it
     _backbone: Backbone | None = None
+    device: str = "cpu"  # where image queries' features are extracted (emit.devices)
 
     @classmethod
     def open(cls, index_dir: PathLike, model: PathLike | None = None,
-             targets: Sequence[str] | None = None) -> IndexSearcher:
+             targets: Sequence[str] | None = None, device: str = "cpu") -> IndexSearcher:
         """Load the model and the indexes of ``targets`` (default: images, and texts if built)."""
         for target in targets or ():
             check_target(target)
         folder = Path(index_dir)
         # index.faiss files are checked against their index.json by load_index: not hashed twice
+        # lists.ivfdata and ids.arrow of a build from shards can be gigabytes: load_index checks
+        # their sizes and row counts instead of hashing them on every start
         verify_folder(folder, fix=f"build it again with `emit index build RUN IMAGES --out {folder}`",
-                      skip=(INDEX_FILE, f"{TEXTS_DIR}/{INDEX_FILE}"))
+                      skip=(INDEX_FILE, f"{TEXTS_DIR}/{INDEX_FILE}", LISTS_FILE, IDS_FILE))
         retrieval, model_folder = _index_model(folder, model)
         has_texts = (folder / TEXTS_DIR / MANIFEST_FILE).is_file()
         wanted = list(targets) if targets else ["images"] + (["texts"] if has_texts else [])
@@ -104,7 +111,7 @@ class IndexSearcher:
         indexes = {t: load_index(folder / TEXTS_DIR if t == "texts" else folder,
                                  expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
                    for t in wanted}
-        return cls(folder, retrieval, indexes, model_folder)
+        return cls(folder, retrieval, indexes, model_folder, device=str(resolve_device(device)))
 
     @property
     def backbone(self) -> Backbone:
@@ -132,16 +139,17 @@ class IndexSearcher:
         problems = ProblemLog(echo=False)
         feats, ok = extract_features([Path(image)], self.backbone,  # type: ignore[arg-type]
                                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                                     problems=problems, progress=False)
+                                     problems=problems, progress=False, device=self.device)
         if not ok[0]:
             raise EmitError(problems.summary())
         return self.model.image_vectors(feats)
 
-    def rank(self, query: np.ndarray, top: int = 10, target: str = "images", query_kind: str = "text"
-             ) -> dict[str, Any]:
+    def rank(self, query: np.ndarray, top: int = 10, target: str = "images", query_kind: str = "text",
+             *, rows: bool = False) -> dict[str, Any]:
         """The ``top`` nearest ``target`` entries of a ``query_kind`` ('text' or 'image') query
         vector, nearest first. A hubness correction built into the index applies only across
-        modalities (text -> images, image -> texts); same-modality search gets plain scores."""
+        modalities (text -> images, image -> texts); same-modality search gets plain scores.
+        ``rows`` adds each hit's row in its index (``"row"``)."""
         check_target(target)
         if query_kind not in ("text", "image"):
             raise EmitError(f"unknown query kind {query_kind!r}; use 'text' or 'image'")
@@ -150,9 +158,11 @@ class IndexSearcher:
                             "build it with `emit index build ... --texts CAPTIONS`")
         index = self.indexes[target]
         across = (query_kind == "text") == (target == "images")
-        scores, ids = index.search(query, top, corrected=across)
-        results = [{"rank": r + 1, "id": i, "score": float(s)}
-                   for r, (i, s) in enumerate(zip(ids[0], scores[0].tolist(), strict=False))]
+        scores, found = index.search_positions(query, top, corrected=across)
+        hits = [(int(p), float(s))
+                for p, s in zip(found[0].tolist(), scores[0].tolist(), strict=True) if p >= 0]
+        results = [{"rank": r + 1, "id": index.ids[p], "score": s, **({"row": p} if rows else {})}
+                   for r, (p, s) in enumerate(hits)]
         hub = index.params.get("hubness") if across else None
         if index.higher_is_better:
             order = "higher is nearer"

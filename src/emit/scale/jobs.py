@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from emit.devices import default_batch_size
+from emit.devices import default_batch_size, resolve_device
 from emit.files import atomic_write_json, remove_stale_temps
 from emit.problems import EmitError
 from emit.scale.inputs import expand_inputs
@@ -39,6 +39,8 @@ def extract_to_shards(job: ExtractJob) -> dict[str, Any]:
 
         require_ray()  # before any work: a missing extra is said at once
         check_device(job)
+    else:
+        resolve_device(job.device)  # this machine's device: an absent one is said at once
     paths = expand_inputs(job.inputs)
     if not paths:
         raise EmitError(f"no image files in {', '.join(map(str, job.inputs))}; give image files, "

@@ -68,7 +68,7 @@ def create_app(settings: ServeSettings, services: Services | None = None) -> Fas
     """The app, with the settings' index and pairing model loaded (or ``services`` given)."""
     if services is None:
         services = load_services(settings.index, settings.retrieval_model, settings.pairing_model,
-                                 settings.cache_dir)
+                                 settings.cache_dir, settings.device)
     workdir = Path(tempfile.mkdtemp(prefix="emit-serve-"))  # uploads in flight and uploaded batches
 
     @asynccontextmanager
@@ -173,12 +173,37 @@ def packaged_cjk_font() -> Path | None:
     return path if path.is_file() else None
 
 
+# The settings of `emit serve --workers N`, for the worker processes uvicorn starts (spawned:
+# they import the app by name, so they get the settings from their environment).
+WORKER_SETTINGS_ENV = "EMIT_SERVE_SETTINGS_JSON"
+# uvicorn's own protocol with emit's JSON 400 (see emit.serve.protocol), by import string, so
+# that worker processes can import it
+JsonErrorHTTP = json_error_protocol()
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of ``emit serve --workers N`` (an import-string factory)."""
+    import os
+
+    settings = ServeSettings.from_json(os.environ[WORKER_SETTINGS_ENV])
+    setup_logging(settings.log_level)
+    share = max(1, (os.cpu_count() or 1) // settings.workers)  # the cores, split between workers
+    import faiss
+    import torch
+
+    torch.set_num_threads(share)
+    faiss.omp_set_num_threads(share)
+    return create_app(settings)
+
+
 def run(settings: ServeSettings) -> int:
     """Load, then serve until SIGTERM / SIGINT; returns the exit code."""
     setup_logging(settings.log_level)
     if settings.exposed_without_token:
         log.warning("serving %s without a token (--insecure-no-token): anyone who can reach the port can "
                     "search, review and export", settings.host)
+    if settings.workers > 1:
+        return _run_workers(settings)
     app = create_app(settings)
     # http=: uvicorn's own protocol, but a request it cannot parse gets emit's JSON error body
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
@@ -187,3 +212,17 @@ def run(settings: ServeSettings) -> int:
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1  # not started: the port was taken, say (uvicorn logged it)
+
+
+def _run_workers(settings: ServeSettings) -> int:
+    """uvicorn's process manager: ``workers`` processes accept on one socket, each with its own
+    copy of the app. An index built with --from-features is memory-mapped read-only by each, so
+    its pages are shared; SIGTERM stops them all gracefully."""
+    import os
+
+    os.environ[WORKER_SETTINGS_ENV] = settings.to_json()
+    log.info("starting workers", extra={"fields": {"workers": settings.workers}})
+    uvicorn.run("emit.serve.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
+                port=settings.port, log_config=None, access_log=False, log_level=settings.log_level,
+                timeout_graceful_shutdown=settings.shutdown_timeout, http="emit.serve.app:JsonErrorHTTP")
+    return 0

@@ -24,6 +24,7 @@ from PIL import Image
 from emit.config import to_dict
 from emit.data.images import IMAGE_SUFFIXES, load_image
 from emit.data.products import Product
+from emit.devices import resolve_device
 from emit.files import read_json
 from emit.pairing.assign import AssignMode
 from emit.pairing.jobs import assignment_used, load_pairing_model
@@ -75,12 +76,22 @@ class RowLookup:
         with self._lock:
             return self._recent.get(image_id)
 
+    def __getitem__(self, image_id: str) -> int:
+        row = self.get(image_id)
+        if row is None:
+            raise KeyError(image_id)
+        return row
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and self.get(image_id) is not None
+
 
 class SearchService:
     """An index folder opened once (see :class:`emit.retrieval.search.IndexSearcher`)."""
 
-    def __init__(self, index_dir: Path, model_dir: Path | None = None, cache_dir: Path | None = None) -> None:
-        self.searcher = IndexSearcher.open(index_dir, model_dir)
+    def __init__(self, index_dir: Path, model_dir: Path | None = None, cache_dir: Path | None = None,
+                 device: str = "cpu") -> None:
+        self.searcher = IndexSearcher.open(index_dir, model_dir, device=device)
         self.cache_dir = cache_dir
         self.lock = threading.Lock()
         self.ids = self.searcher.indexes["images"].ids
@@ -149,8 +160,9 @@ class SearchService:
 class PairingService:
     """A pairing model and its backbone, loaded once."""
 
-    def __init__(self, model_dir: Path, cache_dir: Path | None = None) -> None:
+    def __init__(self, model_dir: Path, cache_dir: Path | None = None, device: str = "cpu") -> None:
         self.folder = model_dir
+        self.device = str(resolve_device(device))
         self.model: PairingModel
         self.backbone: Backbone
         self.model, self.backbone = load_pairing_model(model_dir)
@@ -172,7 +184,7 @@ class PairingService:
             image = _warm_up_image(folder)
             product = Product("warm-up", ["红色", "黑色"], [image.name], [None], folder, source="warm-up")
             predict_products(self.model, self.backbone, [product], cache_dir=None,
-                             problems=ProblemLog(echo=False), progress=False)
+                             problems=ProblemLog(echo=False), progress=False, device=self.device)
 
     def assignment(self, assign: AssignMode | None = None) -> str:
         return assignment_used(self.model, assign)
@@ -181,7 +193,8 @@ class PairingService:
                 assign: AssignMode | None = None) -> list[ProductDecision]:
         with self.lock:
             return predict_products(self.model, self.backbone, products, cache_dir=self.cache_dir,
-                                    problems=problems, progress=False, assign_mode=assign)
+                                    problems=problems, progress=False, assign_mode=assign,
+                                    device=self.device)
 
 
 @dataclass
@@ -192,18 +205,18 @@ class Services:
 
 
 def load_services(index: Path | None, retrieval_model: Path | None, pairing_model: Path | None,
-                  cache_dir: Path | None) -> Services:
+                  cache_dir: Path | None, device: str = "cpu") -> Services:
     """Load everything the settings name; a missing or mismatched model stops start-up here."""
     services = Services()
     if index is not None:
         start = time.perf_counter()
-        services.search = SearchService(index, retrieval_model, cache_dir)
+        services.search = SearchService(index, retrieval_model, cache_dir, device)
         log.info("search index loaded", extra={"fields": {
             "index": str(index), "images": len(services.search.ids), "targets": services.search.targets,
             "seconds": round(time.perf_counter() - start, 3)}})
     if pairing_model is not None:
         start = time.perf_counter()
-        services.pairing = PairingService(pairing_model, cache_dir)
+        services.pairing = PairingService(pairing_model, cache_dir, device)
         log.info("pairing model loaded", extra={"fields": {
             "model": str(pairing_model), "members": len(services.pairing.model.members),
             "seconds": round(time.perf_counter() - start, 3)}})

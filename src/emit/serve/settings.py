@@ -7,6 +7,7 @@ Every setting has an environment variable (``EMIT_INDEX``, ``EMIT_PORT``, ...; s
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import string
@@ -56,6 +57,23 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     api_token: str | None = field(default=None, repr=False)  # bearer token every API call must send
     insecure_no_token: bool = False  # serve a non-loopback host without a token, knowingly
+    workers: int = 1  # server processes (uvicorn workers) sharing the port; each loads the index
+    device: str = "auto"  # where the models run (emit.devices): auto, cpu, cuda, cuda:N, mps
+
+    def to_json(self) -> str:
+        """The settings for worker processes (:func:`from_json`); the token travels with them,
+        in the environment of this server's own children only."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "limits"}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+        limits = {f.name: getattr(self.limits, f.name) for f in fields(Limits)}
+        return json.dumps({**values, "limits": limits})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        data = json.loads(text)
+        limits = Limits(**data.pop("limits"))
+        values = {k: Path(v) if k in _PATHS and v is not None else v for k, v in data.items()}
+        return cls(**values, limits=limits)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
@@ -88,6 +106,13 @@ class ServeSettings:
                             "EMIT_PAIRING_MODEL")
         if self.retrieval_model is not None and self.index is None:
             raise EmitError("--retrieval-model only makes sense with --index")
+        if self.workers < 1:
+            raise EmitError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.pairing_model is not None:
+            # each worker is a process of its own, and the review page keeps its batches in one
+            raise EmitError("--workers > 1 serves search only: the review page keeps its loaded batches in "
+                            "one process, so a second worker would not know them; run a separate "
+                            "`emit serve --pairing-model MODEL` (one worker) beside it")
         if not 0 < self.port < 65536:
             raise EmitError(f"port must be in 1..65535, got {self.port}")
         if not (math.isfinite(self.shutdown_timeout) and self.shutdown_timeout > 0):
@@ -169,6 +194,8 @@ ENV: dict[str, str] = {
     "max_batches": "EMIT_MAX_BATCHES",
     "api_token": "EMIT_API_TOKEN",
     "insecure_no_token": "EMIT_INSECURE_NO_TOKEN",
+    "workers": "EMIT_WORKERS",
+    "device": "EMIT_DEVICE",
 }
 _LIMIT_NAMES = {"max_upload_mb", "max_images", "max_tags", "max_image_pixels", "max_top_k", "max_query_chars",
                 "max_products", "max_batches"}
@@ -192,7 +219,7 @@ def _parse(name: str, var: str, raw: Any) -> Any:
     try:
         if name in _FLOATS:
             return float(raw)
-        if name == "port" or name in _LIMIT_NAMES:
+        if name in ("port", "workers") or name in _LIMIT_NAMES:
             return int(raw)
     except (TypeError, ValueError) as exc:
         kind = "a number" if name in _FLOATS else "a whole number"

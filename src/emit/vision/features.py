@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,16 +53,31 @@ class FeatureCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this crash-safe
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS features "
-                "(content_sha256 TEXT PRIMARY KEY, vec BLOB NOT NULL)"
-            )
-            self._db.commit()
+            self._setup(deadline=time.monotonic() + 60.0)
         except (OSError, sqlite3.Error) as exc:
             raise EmitError(f"{self.path}: cannot open the feature cache ({exc}); check the "
                             "folder is writable, or delete the file if it is corrupt") from exc
+
+    def _setup(self, deadline: float) -> None:
+        """WAL mode and the table. Two processes creating the same new cache at once (the ranks
+        of a torchrun job) can find it locked: switching the journal mode does not wait for the
+        busy timeout, so wait here, briefly and increasingly, until the deadline."""
+        pause = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this crash-safe
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS features "
+                    "(content_sha256 TEXT PRIMARY KEY, vec BLOB NOT NULL)"
+                )
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(0.5, pause * 2)
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         wanted = list(dict.fromkeys(hashes))
