@@ -17,6 +17,7 @@ from emit.metrics import (
     mean_average_precision,
     median_rank,
     pairing_scores,
+    paper_map_at_r,
     recall_at_k,
 )
 
@@ -126,6 +127,24 @@ def test_map_at_r_hand_computed() -> None:
     assert map_at_r(scores[:1], ["a"], ["a", "a", "b", "b", "b"], R=2) == 1.0
 
 
+def test_paper_map_at_r_hand_computed() -> None:
+    """Aggarwal et al.'s eq. 5 divides by M, the relevant items found in the top R, not by R."""
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]] * 2)  # ranking 0..4 for both queries
+    items = ["a", "b", "a", "a", "b"]
+    # query "a": relevant at ranks 1, 3, 4 -> P@1 = 1, P@3 = 2/3, P@4 = 3/4
+    assert paper_map_at_r(scores[:1], ["a"], items, R=3) == pytest.approx((1 + 2 / 3) / 2)  # M = 2
+    assert paper_map_at_r(scores[:1], ["a"], items, R=50) == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
+    # query "b": relevant at ranks 2 and 5: nothing in the top 1 -> 0; top 2 -> P@2 / 1
+    assert paper_map_at_r(scores[1:], ["b"], items, R=1) == 0.0
+    assert paper_map_at_r(scores[1:], ["b"], items, R=2) == pytest.approx(0.5)
+    # a category of 3 items found at the top reaches 1 at R = 50, where Musgrave's gives 3/50
+    assert paper_map_at_r(scores[:1], ["a"], ["a", "a", "a", "b", "b"], R=50) == 1.0
+    assert map_at_r(scores[:1], ["a"], ["a", "a", "a", "b", "b"], R=50) == pytest.approx(3 / 50)
+    # one relevant item: the reciprocal rank, cut at R
+    assert paper_map_at_r(scores[:1], relevant=[{3}], R=10) == pytest.approx(1 / 4)
+    assert paper_map_at_r(scores[:1], relevant=[{3}], R=3) == 0.0
+
+
 def test_mean_average_precision_hand_computed() -> None:
     scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]] * 2)
     items = ["a", "b", "a", "a", "b"]
@@ -231,6 +250,21 @@ def test_map_at_r_matches_slow_reference(case: Case, R: int | None) -> None:
     rows = zip(S.tolist(), query_labels, strict=True)
     expected = statistics.fmean(_ref_ap_at_r(row, q, item_labels, R) for row, q in rows)
     assert map_at_r(S, query_labels, item_labels, R=R) == pytest.approx(expected)
+
+
+def _ref_paper_ap(row: list[float], qlabel: int, ilabels: list[int], R: int) -> float:
+    top = _ref_precisions(row, qlabel, ilabels)[:R]
+    found = sum(ilabels[j] == qlabel for j in _order(row)[:R])
+    return sum(top) / found if found else 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(retrieval_case(), st.integers(1, 15))
+def test_paper_map_at_r_matches_slow_reference(case: Case, R: int) -> None:
+    S, _, item_labels, query_labels = case
+    rows = zip(S.tolist(), query_labels, strict=True)
+    expected = statistics.fmean(_ref_paper_ap(row, q, item_labels, R) for row, q in rows)
+    assert paper_map_at_r(S, query_labels, item_labels, R=R) == pytest.approx(expected)
 
 
 @settings(max_examples=150, deadline=None)

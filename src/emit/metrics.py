@@ -1,4 +1,5 @@
-"""Evaluation metrics: pairing (Acc, EM) and retrieval (R@K, median rank, mAP@R, mAP).
+"""Evaluation metrics: pairing (Acc, EM) and retrieval (R@K, median rank, mAP@R in both its
+definitions -- Musgrave et al.'s and Aggarwal et al.'s -- and mAP).
 
 All functions are pure: plain data or arrays in, plain numbers out.
 
@@ -282,6 +283,30 @@ def map_at_r(
     prec = np.cumsum(rel, axis=1) / pos  # P@i
     within = pos[None, :] <= r_q[:, None]  # per-query cut-off when R varies
     ap = (prec * rel * within).sum(axis=1) / r_q
+    return float(ap.mean())
+
+
+def paper_map_at_r(
+    S: npt.ArrayLike, query_labels: npt.ArrayLike | None = None, item_labels: npt.ArrayLike | None = None,
+    R: int = 50, *, relevant: Sequence[Iterable[int]] | None = None,
+) -> float:
+    """Mean over queries of Aggarwal et al. 2019's AP (their eq. 5, "mAP@50" in their table):
+    ``(1/M) * sum_{r<=R} p(r) * rel(r)``, where M is the number of relevant items retrieved in
+    the top R (a query with none scores 0).
+
+    Unlike :func:`map_at_r` (Musgrave et al.'s MAP@R, which divides by R), it divides by what
+    was found, so a category with fewer than R items can still reach 1. With one relevant item
+    it is the reciprocal rank, cut at R. Relevance as in :func:`map_at_r`; a fraction in [0, 1].
+    """
+    arr = _scores(S)
+    if int(R) < 1:
+        raise ValueError(f"R must be >= 1, got {R}")
+    mask = _mask(arr, query_labels, item_labels, relevant)
+    depth = int(min(int(R), arr.shape[1]))
+    rel = np.take_along_axis(mask, _ranking(arr, depth), axis=1)  # queries x depth
+    prec = np.cumsum(rel, axis=1) / np.arange(1, depth + 1)
+    found = rel.sum(axis=1)
+    ap = np.divide((prec * rel).sum(axis=1), found, out=np.zeros(arr.shape[0]), where=found > 0)
     return float(ap.mean())
 
 

@@ -124,8 +124,12 @@ def plot_evaluation(report: Mapping[str, Any]) -> bytes:
         curve.set_xscale("log")
     m = report["map_at_r"]
     maps = ", ".join(f"{m[d]:.3f}" for d in _DIRECTIONS if m[d] is not None) or "n/a"
-    curve.set(xlabel="K", ylabel="R@K (%)", ylim=(0, 101),
-              title=f"recall vs K; mAP@R ({m['relevance']}) t→i, i→t: {maps}")
+    title = f"recall vs K; relevance by {m['relevance']}, t→i, i→t:\nMAP@R (Musgrave) {maps}"
+    paper = report.get("map_at_r_paper")  # not in reports written before it
+    if paper is not None:
+        values = ", ".join(f"{paper[d]:.3f}" for d in _DIRECTIONS if paper[d] is not None) or "n/a"
+        title += f"; mAP@{paper['R']} (Aggarwal eq. 5) {values}"
+    curve.set(xlabel="K", ylabel="R@K (%)", ylim=(0, 101), title=title)
     curve.title.set_fontsize(9)
     curve.legend(fontsize=8)
     fig.tight_layout()

@@ -112,6 +112,15 @@ def test_map_by_category() -> None:
     # R = 2: AP@2 = (1/2) sum_{i<=2} P@i rel_i
     r2 = evaluate_embeddings(TEXTS, IMAGES, OF, categories=CATS, R=2)
     assert r2["map_at_r"]["text_to_image"] == pytest.approx(np.mean([1 / 2, 1 / 4, 0, 1]))
+    # the paper's (Aggarwal et al. eq. 5) divides by M, the relevant items in the top R: at R = 50
+    # every relevant item is found, so it is the full-ranking AP here
+    paper = r["map_at_r_paper"]
+    assert paper["text_to_image"] == pytest.approx(np.mean(t2i))
+    assert paper["image_to_text"] == pytest.approx(np.mean(i2t))
+    assert "Aggarwal" in paper["definition"] and "Musgrave" in r["map_at_r"]["definition"]
+    # R = 2, text -> image: c0 1 0 -> 1/1; c1 0 1 -> (1/2)/1; c2 0 0 -> 0; c3 1 1 -> (1 + 1)/2
+    assert r2["map_at_r_paper"]["text_to_image"] == pytest.approx(np.mean([1, 1 / 2, 0, 1]))
+    assert "Aggarwal et al. eq. 5" in format_evaluation(r2)
 
 
 def test_map_without_categories_is_by_image_with_r_the_relevant_count() -> None:

@@ -11,6 +11,11 @@ image -> text counts every copy of the image's texts as relevant.
 
 R@K (K = 1, 5, 10, 20, in percent) and the median rank come from :mod:`emit.metrics`.
 
+mAP@R comes in two definitions, both reported and each named: ``map_at_r`` is Musgrave et
+al.'s MAP@R (divides by R, so a category with fewer than R items cannot reach 1) and
+``map_at_r_paper`` is Aggarwal et al.'s eq. 5, the mAP@50 of their table (divides by the number
+M of relevant items found in the top R). Compare with the paper using the second.
+
 mAP@R and full-ranking mAP need a notion of relevance beyond "the same image":
 
 * when the captions have categories (Pascal sentences, product sub-categories), an item is
@@ -45,7 +50,7 @@ import numpy as np
 
 from emit.data.captions import Caption, image_indices
 from emit.files import atomic_write_bytes, atomic_write_json
-from emit.metrics import map_at_r, mean_average_precision, median_rank, recall_at_k
+from emit.metrics import map_at_r, mean_average_precision, median_rank, paper_map_at_r, recall_at_k
 from emit.plots import plot_evaluation
 from emit.problems import EmitError
 from emit.retrieval.distances import score_matrix, text_groups
@@ -57,6 +62,11 @@ from emit.retrieval.pairs import Pairs
 KS = (1, 5, 10, 20)
 VAL_KS = (1, 5, 10)  # R@K of the validation split during training
 MAP_R = 50
+# the two mAP@R definitions, named in every report
+MUSGRAVE = ("MAP@R (Musgrave et al. 2020): (1/R) sum_{i<=R} P@i rel_i; below 1 when fewer than R items "
+            "are relevant")
+AGGARWAL = ("mAP@R (Aggarwal et al. 2019, eq. 5; their table's mAP@50): (1/M) sum_{r<=R} p(r) rel(r), "
+            "M = relevant items in the top R")
 CURVE_MAX_K = 100
 DIRECTIONS = ("text_to_image", "image_to_text")
 
@@ -149,7 +159,9 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
 
     has_categories = categories is not None and any(c is not None for c in categories)
     map_r: dict[str, Any] = {"R": int(R) if has_categories else "relevant items per query",
-                             "relevance": "category" if has_categories else "image"}
+                             "relevance": "category" if has_categories else "image",
+                             "definition": MUSGRAVE}
+    paper: dict[str, Any] = {"R": int(R), "relevance": map_r["relevance"], "definition": AGGARWAL}
     full: dict[str, Any] = {"relevance": map_r["relevance"]}
     left_out: dict[str, int] = {}
     if has_categories:  # relevant: the same category; each distinct text is a query, and an item
@@ -163,18 +175,21 @@ def evaluate_embeddings(text: Any, image: Any, caption_image: Any, *, metric: st
             q, it, usable = _codes(query_labels, item_labels)
             left_out[direction] = int((~usable).sum())
             if not usable.any():
-                map_r[direction] = full[direction] = None
+                map_r[direction] = full[direction] = paper[direction] = None
                 continue
             map_r[direction] = map_at_r(scores[usable], q[usable], it, int(R))
+            paper[direction] = paper_map_at_r(scores[usable], q[usable], it, int(R))
             full[direction] = mean_average_precision(scores[usable], q[usable], it)
     else:  # relevant: as for R@K; each query's R is its own number of relevant items
         for direction, (scores, relevant) in {"text_to_image": (s_t2i, rel_t2i),
                                               "image_to_text": (s_i2t, rel_i2t)}.items():
             map_r[direction] = map_at_r(scores, R=None, relevant=relevant)
+            paper[direction] = paper_map_at_r(scores, R=int(R), relevant=relevant)
             full[direction] = mean_average_precision(scores, relevant=relevant)
             left_out[direction] = 0
-    map_r["queries_left_out"] = full["queries_left_out"] = left_out
+    map_r["queries_left_out"] = full["queries_left_out"] = paper["queries_left_out"] = left_out
     report["map_at_r"] = map_r
+    report["map_at_r_paper"] = paper
     report["map"] = full
     return report
 
@@ -237,7 +252,10 @@ def format_evaluation(report: dict[str, Any]) -> str:
         m = report[direction]
         recalls = "  ".join(f"{k} {v:5.1f}" for k, v in m.items() if k.startswith("R@"))
         lines.append(f"{direction.replace('_', ' '):>14}: {recalls}  median rank {m['median_rank']:g}")
-    for key, title in (("map_at_r", f"mAP@R (R={report['map_at_r']['R']})"), ("map", "mAP")):
+    titles = [("map_at_r", f"MAP@R, Musgrave et al. (R={report['map_at_r']['R']})")]
+    if "map_at_r_paper" in report:  # reports written before it have only Musgrave's
+        titles.append(("map_at_r_paper", f"mAP@{report['map_at_r_paper']['R']}, Aggarwal et al. eq. 5"))
+    for key, title in (*titles, ("map", "mAP")):
         parts = [f"{d.replace('_', ' ')} {report[key][d]:.4f}"
                  for d in DIRECTIONS if report[key][d] is not None]
         lines.append(f"{title}, relevance by {report[key]['relevance']}: " + ("; ".join(parts) or "n/a"))
