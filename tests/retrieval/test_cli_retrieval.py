@@ -357,3 +357,26 @@ def test_sentence_models_side_by_side_with_a_cosine_schedule(data, trained, tmp_
     assert run(["search", tmp_path / "idx", "a yellow triangle", "--top", 3]) == 0
     names = [n for _, n in hits(capsys.readouterr().out)]
     assert sum(n.startswith("yellow") for n in names) >= 2  # the frozen sentence models know colours
+
+
+@pytest.mark.parametrize(("files", "expected"), [(("titles",), "titles"), (("clicks",), "clicks")])
+def test_train_with_one_file_trains_that_task_without_a_flag(data, trained, tmp_path, files,
+                                                             expected) -> None:
+    """`emit retrieval train --titles F --out R` alone used to fail (--tasks multitask needed
+    --clicks); the task now follows the files given, and the run records it."""
+    argv = ["retrieval", "train", "--out", tmp_path / "run", "--backbone", "colour-hist", "--vectors",
+            data["vectors"], "--hidden", 8, "--epochs", 2, "--batch-size", 20, "--val-fraction", 0,
+            "--cache-dir", trained["cache"], "-q"]
+    for name in files:
+        argv += [f"--{name}", data[name]]
+    assert run(argv) == 0
+    meta = json.loads((tmp_path / "run" / "retrieval.json").read_text())
+    assert meta["config"]["tasks"] == expected and list(meta["info"]["pairs"]) == [expected]
+
+
+def test_train_with_no_file_says_what_to_give(tmp_path, caplog) -> None:
+    from emit.cli import main
+
+    with caplog.at_level("ERROR", logger="emit"):
+        assert main(["retrieval", "train", "--out", str(tmp_path / "run")]) == 2
+    assert "nothing to train on" in caplog.text and not (tmp_path / "run").exists()

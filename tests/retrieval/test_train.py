@@ -60,7 +60,8 @@ def test_config_defaults_and_validation() -> None:
     c = RetrievalConfig()
     got = (c.backbone, c.encoder, c.num_layers, c.dropout, c.loss, c.mining, c.batch_size, c.beta1, c.tasks,
            c.image_projection, c.normalise_images)
-    assert got == ("efficientnet-lite0", "lstm", 1, 0.25, "infonce", "any", 512, 0.99, "multitask", True,
+    # tasks: 'auto' since issue 14, resolved by what the run is given (test_tasks_follow_the_data_given)
+    assert got == ("efficientnet-lite0", "lstm", 1, 0.25, "infonce", "any", 512, 0.99, "auto", True,
                    True)
     assert c.validate() is c and c.metric == "ip" and RetrievalConfig(loss="patr").metric == "l2"
     for bad in ({"loss": "hinge"}, {"mining": "some"}, {"tasks": "both"}, {"beta1": 1.0}, {"margin": -1.0},
@@ -177,8 +178,8 @@ def test_every_loss_trains(loss: str) -> None:
 
 def test_tasks_need_their_data() -> None:
     feats, vectors, titles, _ = world()
-    with pytest.raises(EmitError, match="needs clicks pairs"):
-        train_retrieval(feats, titles, None, config(), vectors=vectors, progress=False)
+    with pytest.raises(EmitError, match="needs clicks pairs"):  # multitask named: its clicks are required
+        train_retrieval(feats, titles, None, config(tasks="multitask"), vectors=vectors, progress=False)
     with pytest.raises(EmitError, match="out of range"):
         train_retrieval(feats[:3], titles, None, config(tasks="titles"), vectors=vectors, progress=False)
 
@@ -359,3 +360,32 @@ def test_infonce_task_loss_does_not_push_apart_images_of_one_query() -> None:
     unmasked = infonce_loss(text, image, rows, cfg.temperature)
     torch.testing.assert_close(got, masked)
     assert not torch.isclose(got, unmasked)
+
+
+@pytest.mark.parametrize(("tasks", "titles", "clicks", "expected"), [
+    ("auto", True, True, "multitask"), ("auto", True, False, "titles"), ("auto", False, True, "clicks"),
+    ("auto", False, False, None), ("multitask", True, False, "multitask"), ("titles", True, True, "titles"),
+    ("clicks", True, True, "clicks")])
+def test_tasks_follow_the_data_given(tasks: str, titles: bool, clicks: bool, expected: str | None) -> None:
+    """'auto' (the default) trains what the files allow; a task named explicitly is kept (and a
+    missing file for it is refused where the files are read)."""
+    from emit.retrieval.config import resolve_tasks
+
+    if expected is None:
+        with pytest.raises(EmitError, match="nothing to train on"):
+            resolve_tasks(tasks, titles, clicks)
+    else:
+        assert resolve_tasks(tasks, titles, clicks) == expected
+
+
+def test_a_run_records_the_task_it_resolved_to() -> None:
+    """Trained on titles alone with the default config, the model's config says 'titles'."""
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((6, 4)).astype(np.float32)
+    titles = Pairs([f"w{i} thing" for i in range(6)], np.arange(6))
+    vectors = WordVectors.from_words(["w0", "w1", "w2", "w3", "w4", "w5", "thing"],
+                                     rng.standard_normal((7, 3)).astype(np.float32), source="tiny")
+    model = train_retrieval(feats, titles, None, RetrievalConfig(hidden=4, epochs=1, batch_size=4,
+                                                                 val_fraction=0.0), vectors=vectors,
+                            progress=False)
+    assert model.config.tasks == "titles"

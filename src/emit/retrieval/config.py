@@ -19,7 +19,7 @@ from emit.retrieval.encoders.names import ENCODER_SETTINGS, encoder_settings, li
 from emit.retrieval.losses.registry import get_loss, list_losses, loss_metric
 from emit.retrieval.metric import Metric
 
-TASKS = ("multitask", "titles", "clicks")
+TASKS = ("auto", "multitask", "titles", "clicks")
 MINING_MODES = ("any", "all", "none")
 CLICK_WEIGHTS = ("none", "log", "count")
 LR_SCHEDULES = ("constant", "cosine")
@@ -76,8 +76,11 @@ class RetrievalConfig:
     temperature: float = setting(0.07, "InfoNCE temperature")
     click_weight: Literal["none", "log", "count"] = setting(
         "log", "weight of a clicked query: none, log(1 + clicks), clicks")
-    tasks: Literal["multitask", "titles", "clicks"] = setting(
-        "multitask", "multitask (titles + clicks, the paper's eq. 4), titles or clicks")
+    # 'auto' trains what the data allow, so a user with captions alone needs no flag; a run
+    # records the task it resolved to
+    tasks: Literal["auto", "multitask", "titles", "clicks"] = setting(
+        "auto", "auto (what the data given allow: titles and clicks -> multitask, else the one "
+                "given), multitask (titles + clicks, the paper's eq. 4), titles or clicks")
     # optimisation
     batch_size: int = setting(512, "pairs per task and step")
     lr: float = setting(1e-3, "Adam learning rate")
@@ -100,7 +103,7 @@ class RetrievalConfig:
              f"encoder must be one of {', '.join(list_text_encoders())}"),
             (self.loss in list_losses(), f"loss must be one of {', '.join(list_losses())}"),
             (self.mining in MINING_MODES, "mining must be 'any', 'all' or 'none'"),
-            (self.tasks in TASKS, "tasks must be 'multitask', 'titles' or 'clicks'"),
+            (self.tasks in TASKS, "tasks must be 'auto', 'multitask', 'titles' or 'clicks'"),
             (self.click_weight in CLICK_WEIGHTS, "click_weight must be 'none', 'log' or 'count'"),
             (self.margin is None or self.margin >= 0, "margin must be >= 0 (or None for automatic)"),
             (self.n_negatives >= 1 or self.loss not in list_losses()
@@ -138,3 +141,16 @@ class RetrievalConfig:
         """How texts and images are compared: the loss's metric (emit.retrieval.losses.registry):
         squared L2 (the paper), or cosine for InfoNCE."""
         return loss_metric(self.loss)
+
+
+def resolve_tasks(tasks: str, has_titles: bool, has_clicks: bool) -> str:
+    """The task a run trains: ``tasks`` itself, or for 'auto' what the data allow (both kinds of
+    texts: multitask; one kind: that one). An error when nothing was given to train on."""
+    if tasks != "auto":
+        return tasks
+    if has_titles and has_clicks:
+        return "multitask"
+    if has_titles or has_clicks:
+        return "titles" if has_titles else "clicks"
+    raise EmitError("nothing to train on: give --titles FILE (captions or titles), --clicks FILE "
+                    "(a click log), or both")

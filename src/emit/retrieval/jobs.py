@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from emit.data.images import IMAGE_SUFFIXES
 from emit.devices import local_device, resolve_device
 from emit.files import atomic_write_json
 from emit.problems import EmitError, ProblemLog
-from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.config import RetrievalConfig, resolve_tasks
 from emit.retrieval.evaluate import evaluate_captions, write_evaluation
 from emit.retrieval.hubness import (
     DEFAULT_BETA,
@@ -107,7 +108,8 @@ def train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, c
     rank 0 writes the files. ``device`` is where features are extracted and the model trains;
     under torchrun with CUDA, each rank takes the GPU of its ``LOCAL_RANK`` (NCCL).
     """
-    config.validate()
+    config = replace(config.validate(), tasks=resolve_tasks(config.tasks, titles is not None,
+                                                            clicks is not None))
     where = local_device(device)
     with distributed.process_group(where):  # gloo on the CPU, NCCL on CUDA
         return _train_job(titles, clicks, out, config, titles_format=titles_format,

@@ -47,7 +47,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from emit.files import atomic_write_bytes
 from emit.plots import plot_curves
 from emit.problems import EmitError
 from emit.retrieval.checkpoint import data_fingerprint, is_trained, module_state, resume, write_checkpoint
-from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.config import RetrievalConfig, resolve_tasks
 from emit.retrieval.distances import normalise_rows, pairwise_sq_dist
 from emit.retrieval.encoders.base import TextEncoder
 from emit.retrieval.encoders.projection import ImageProjection
@@ -508,6 +508,8 @@ def train_retrieval(
     returns the same model. ``out`` must then be on a file system all ranks see.
     """
     config = (config or RetrievalConfig()).validate()
+    config = replace(config, tasks=resolve_tasks(config.tasks, titles is not None and len(titles) > 0,
+                                                 clicks is not None and len(clicks) > 0))
     main = distributed.is_main()
     check_global_batch(config)
     progress = progress and main
