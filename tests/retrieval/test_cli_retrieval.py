@@ -380,3 +380,42 @@ def test_train_with_no_file_says_what_to_give(tmp_path, caplog) -> None:
     with caplog.at_level("ERROR", logger="emit"):
         assert main(["retrieval", "train", "--out", str(tmp_path / "run")]) == 2
     assert "nothing to train on" in caplog.text and not (tmp_path / "run").exists()
+
+
+ZH_COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色"}
+ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "bar": "长条"}
+
+
+def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path, capsys) -> None:
+    """Captions in Chinese, segmented with Jieba as pairing's tags are: train, index, and a
+    Chinese query finds the image it names."""
+    titles = []
+    for colour, zh_colour in ZH_COLOURS.items():
+        for shape, zh_shape in ZH_SHAPES.items():
+            image = str(data["images"] / f"{colour}_{shape}.png")
+            titles += [{"image": image, "text": f"{zh_colour}的{zh_shape}"},
+                       {"image": image, "text": f"一个{zh_shape}，{zh_colour}"}]
+    lines = [json.dumps(t, ensure_ascii=False) for t in titles]
+    (tmp_path / "titles.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    words = [*ZH_COLOURS.values(), *ZH_SHAPES.values(), "的", "一个"]
+    rng = np.random.default_rng(1)
+    (tmp_path / "vectors.txt").write_text(
+        "\n".join(w + " " + " ".join(f"{v:.4f}" for v in rng.standard_normal(8)) for w in words) + "\n",
+        encoding="utf-8")
+    cache = tmp_path / "cache"
+    assert run(["retrieval", "train", "--titles", tmp_path / "titles.jsonl", "--out", tmp_path / "run",
+                "--backbone", "colour-hist", "--vectors", tmp_path / "vectors.txt", "--hidden", 32,
+                "--epochs", 60, "--batch-size", 20, "--lr", 0.01, "--val-fraction", 0, "--cache-dir", cache,
+                "-q", "--loss", "patr", "--no-normalise-images", "--no-image-projection"]) == 0
+    meta = json.loads((tmp_path / "run" / "retrieval.json").read_text())
+    assert meta["config"]["tasks"] == "titles"
+    assert run(["index", "build", tmp_path / "run", data["images"], "--out", tmp_path / "idx",
+                "--cache-dir", cache, "-q"]) == 0
+    capsys.readouterr()
+    found = 0
+    for colour, shape in [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "bar")]:
+        assert run(["search", tmp_path / "idx", f"{ZH_COLOURS[colour]}的{ZH_SHAPES[shape]}", "--top", 5]) == 0
+        names = [n for _, n in hits(capsys.readouterr().out)]
+        assert sum(n.startswith(colour) for n in names[:3]) >= 2  # the colour is understood
+        found += f"{colour}_{shape}.png" in names
+    assert found >= 3  # and nearly always the very image, within the top 5 of 20
