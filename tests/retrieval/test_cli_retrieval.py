@@ -419,3 +419,13 @@ def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path,
         assert sum(n.startswith(colour) for n in names[:3]) >= 2  # the colour is understood
         found += f"{colour}_{shape}.png" in names
     assert found >= 3  # and nearly always the very image, within the top 5 of 20
+
+
+def test_a_preset_is_applied_recorded_and_explicit_flags_win(data, trained, tmp_path) -> None:
+    assert run(["retrieval", "train", "--titles", data["titles"], "--out", tmp_path / "run", "--preset",
+                "paper", "--loss", "triplet", "--backbone", "colour-hist", "--vectors", data["vectors"],
+                "--epochs", 1, "--batch-size", 20, "--val-fraction", 0, "--cache-dir", trained["cache"],
+                "-q"]) == 0
+    config = json.loads((tmp_path / "run" / "retrieval.json").read_text())["config"]
+    assert config["preset"] == "paper" and config["loss"] == "triplet"  # the flag typed wins
+    assert (config["num_layers"], config["normalise_images"], config["image_projection"]) == (5, False, False)

@@ -389,3 +389,22 @@ def test_a_run_records_the_task_it_resolved_to() -> None:
                                                                  val_fraction=0.0), vectors=vectors,
                             progress=False)
     assert model.config.tasks == "titles"
+
+
+def test_presets_resolve_to_their_settings_and_explicit_settings_win() -> None:
+    from emit.retrieval.config import from_preset
+    from emit.retrieval.presets import list_presets, preset_settings
+
+    assert {"standard", "paper"} <= set(list_presets())
+    assert from_preset("standard") == RetrievalConfig()
+    paper = from_preset("paper").validate()
+    assert (paper.preset, paper.loss, paper.mining, paper.num_layers, paper.normalise_images,
+            paper.image_projection, paper.metric) == ("paper", "patr", "any", 5, False, False, "l2")
+    assert all(getattr(paper, k) == v for k, v in preset_settings("paper").items())
+    mine = from_preset("paper", loss="infonce", num_layers=2).validate()  # named settings win
+    assert (mine.loss, mine.num_layers, mine.mining, mine.preset) == ("infonce", 2, "any", "paper")
+    # the paper's LSTM depth does not apply to a sentence encoder chosen explicitly
+    sentence = from_preset("paper", encoder="minilm").validate()
+    assert sentence.num_layers == RetrievalConfig().num_layers and sentence.loss == "patr"
+    with pytest.raises(EmitError, match="preset"):
+        RetrievalConfig(preset="best").validate()

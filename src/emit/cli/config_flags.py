@@ -35,6 +35,10 @@ def registry_names(registry: str) -> list[str]:
         from emit.retrieval.losses.registry import list_losses
 
         return list(list_losses())
+    if registry == "presets":
+        from emit.retrieval.presets import list_presets
+
+        return list_presets()
     if registry == "text_encoders":
         from emit.retrieval.encoders.names import list_text_encoders
 

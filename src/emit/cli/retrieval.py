@@ -22,7 +22,7 @@ from emit.cli.options import add_cache_dir, add_command, add_device, positive_in
 from emit.config import from_dict
 from emit.data.captions import FORMATS
 from emit.problems import EmitError
-from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.config import RetrievalConfig, with_preset
 
 CAPTION_FORMATS = ("auto", *FORMATS)
 
@@ -50,7 +50,8 @@ def refuse_unused_flags(args: argparse.Namespace) -> None:
 
 def config_from(args: argparse.Namespace) -> RetrievalConfig:
     refuse_unused_flags(args)
-    return from_dict(RetrievalConfig, vars(args)).validate()
+    # the preset's settings, except where a flag was typed: explicit flags win
+    return with_preset(from_dict(RetrievalConfig, vars(args)), set(given_flags(args))).validate()
 
 
 # ---- commands -----------------------------------------------------------------------------

@@ -3,21 +3,23 @@
 The defaults follow Aggarwal et al. 2019 (frozen CNN features as the target space, an LSTM over
 word vectors, multitask over titles and click queries, batch size 512, Adam with beta1 = 0.99)
 except where our measurements on Flickr8k and the fashion data (docs/retrieval.md) found
-something clearly better; those are marked "measured". The paper's own setting is a few flags
-away: ``--loss patr --mining any --num-layers 5 --no-normalise-images --no-image-projection``
-(``--hidden 512``, emit's earlier width, is our choice: the paper gives no width).
+something clearly better; those are marked "measured". The paper's own setting is the preset
+``paper`` (:mod:`emit.retrieval.presets`): ``--loss patr --mining any --num-layers 5
+--no-normalise-images --no-image-projection`` (``--hidden 512``, emit's earlier width, is our
+choice: the paper gives no width).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 from emit.config import BACKBONE_HELP, setting
 from emit.problems import EmitError
 from emit.retrieval.encoders.names import ENCODER_SETTINGS, encoder_settings, list_text_encoders
 from emit.retrieval.losses.registry import get_loss, list_losses, loss_metric
 from emit.retrieval.metric import Metric
+from emit.retrieval.presets import list_presets, preset_settings
 
 TASKS = ("auto", "multitask", "titles", "clicks")
 MINING_MODES = ("any", "all", "none")
@@ -28,6 +30,12 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass
 class RetrievalConfig:
     """Everything that decides a retrieval model (``emit retrieval train``)."""
+
+    # a named bundle of the settings below (emit.retrieval.presets); a setting given explicitly
+    # wins over it; recorded so a run says which bundle it started from
+    preset: str = setting("standard", "a named bundle of settings, which flags typed explicitly override: "
+                                      "standard (emit's own) or paper (Aggarwal et al. 2019 as published)",
+                          choices="presets")
 
     # image side: a frozen CNN; its pooled features are the space texts are mapped into
     backbone: str = setting("efficientnet-lite0", "frozen image backbone: " + BACKBONE_HELP,
@@ -104,6 +112,7 @@ class RetrievalConfig:
             (self.loss in list_losses(), f"loss must be one of {', '.join(list_losses())}"),
             (self.mining in MINING_MODES, "mining must be 'any', 'all' or 'none'"),
             (self.tasks in TASKS, "tasks must be 'auto', 'multitask', 'titles' or 'clicks'"),
+            (self.preset in list_presets(), f"preset must be one of {', '.join(list_presets())}"),
             (self.click_weight in CLICK_WEIGHTS, "click_weight must be 'none', 'log' or 'count'"),
             (self.margin is None or self.margin >= 0, "margin must be >= 0 (or None for automatic)"),
             (self.n_negatives >= 1 or self.loss not in list_losses()
@@ -154,3 +163,19 @@ def resolve_tasks(tasks: str, has_titles: bool, has_clicks: bool) -> str:
         return "titles" if has_titles else "clicks"
     raise EmitError("nothing to train on: give --titles FILE (captions or titles), --clicks FILE "
                     "(a click log), or both")
+
+
+def with_preset(config: RetrievalConfig, given: set[str] | frozenset[str] = frozenset()) -> RetrievalConfig:
+    """``config`` with its preset's settings applied, except those named in ``given`` (the
+    settings the user set explicitly, which win)."""
+    values = {k: v for k, v in preset_settings(config.preset).items() if k not in given}
+    encoder = values.get("encoder", config.encoder)
+    # a preset's settings for another text encoder than the one chosen do not apply to it
+    values = {k: v for k, v in values.items()
+              if k not in ENCODER_SETTINGS or k in encoder_settings(encoder)}
+    return replace(config, **values)
+
+
+def from_preset(name: str, **settings: Any) -> RetrievalConfig:
+    """The library's ``--preset``: preset ``name``, with ``settings`` winning over it."""
+    return with_preset(RetrievalConfig(preset=name, **settings), set(settings))

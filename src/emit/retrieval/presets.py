@@ -1,0 +1,34 @@
+"""Named bundles of retrieval settings: ``emit retrieval train --preset NAME``.
+
+A preset is a documented set of :class:`~emit.retrieval.config.RetrievalConfig` values; a flag
+given explicitly wins over it, and the run's configuration records the preset's name. No torch
+here: the command line offers and checks the names without loading a model.
+
+* ``standard``: emit's own settings, the configuration's defaults (no change).
+* ``paper``: Aggarwal et al. 2019 as published: PATR on squared distances in the raw CNN
+  feature space (no normalisation, no learned image projection), negatives that share no word
+  with the anchor, the paper's five LSTM layers. The paper gives no LSTM width; 512 is ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emit.problems import EmitError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "standard": {},
+    "paper": {"loss": "patr", "mining": "any", "num_layers": 5, "hidden": 512, "normalise_images": False,
+              "image_projection": False, "encoder": "lstm"},
+}
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+
+
+def preset_settings(name: str) -> dict[str, Any]:
+    """The settings preset ``name`` sets (a copy)."""
+    if name not in PRESETS:
+        raise EmitError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
