@@ -127,3 +127,16 @@ def test_pair_predict_on_ray_writes_the_local_final_json(cluster: None, tmp_path
                  "--cache-dir", str(tmp_path / "cache-ray")]) == 0
     assert (tmp_path / "cli" / "final_json.json").read_bytes() == (tmp_path / "local" / "final_json.json"
                                                                    ).read_bytes()
+
+
+def test_an_actor_no_node_can_hold_is_refused_instead_of_waiting_for_ever(
+        cluster: None, images: tuple[Path, dict[str, list[Path]]], tmp_path: Path) -> None:
+    """A GPU per worker on a cluster without GPUs used to hang the job; it is now one clear error,
+    before any shard is written."""
+    from emit.problems import EmitError
+
+    root, _ = images
+    out = tmp_path / "feats"
+    with pytest.raises(EmitError, match="--gpus-per-worker 1: no node of the Ray cluster has 1 GPU"):
+        extract_to_shards(job(root, out, "ray", gpus_per_worker=1.0))
+    assert not list(out.glob("part-*.parquet"))

@@ -24,7 +24,7 @@ from emit.data.products import read_products
 from emit.pairing.jobs import assignment_used, baseline_path, load_pairing_model, write_predictions
 from emit.pairing.pipeline import ProductDecision, predict_products
 from emit.problems import EmitError, ProblemLog
-from emit.scale.ray_engine import require_ray
+from emit.scale.ray_engine import check_resources, require_ray
 from emit.vision.features import default_cache_dir
 
 log = logging.getLogger("emit")
@@ -86,6 +86,7 @@ def predict_job_ray(model_dir: str | os.PathLike[str], data: str | os.PathLike[s
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False, log_to_driver=progress, logging_level=logging.WARNING)
+    check_resources(cpus_per_worker, gpus_per_worker)
     decisions: list[ProductDecision | None] = [None] * len(products)
     found: list[tuple[int, list[dict[str, str]]]] = []
     bar = tqdm(total=len(products), unit="product", desc="predict (ray)", disable=not progress)

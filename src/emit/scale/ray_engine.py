@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,25 @@ def check_device(job: ExtractJob) -> None:
                         "use --device cuda or auto")
 
 
+def check_resources(cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Refuse an actor that no node of the cluster can hold (say --gpus-per-worker 1 on a cluster
+    without GPUs), which Ray would otherwise wait for without end. An autoscaling cluster that
+    adds such nodes on demand opts out with EMIT_RAY_WAIT_FOR_RESOURCES=1."""
+    import ray
+
+    if os.environ.get("EMIT_RAY_WAIT_FOR_RESOURCES") == "1":
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for name, need, flag in (("GPU", gpus_per_worker, "--gpus-per-worker"),
+                             ("CPU", cpus_per_worker, "--cpus-per-worker")):
+        most = max((float(r.get(name, 0)) for r in nodes), default=0.0)
+        if need and most < need:
+            raise EmitError(f"{flag} {need:g}: no node of the Ray cluster has {need:g} {name}(s) (the "
+                            f"largest has {most:g}), so the job would wait for ever; lower {flag}, add such "
+                            "nodes, or set EMIT_RAY_WAIT_FOR_RESOURCES=1 for a cluster that adds them "
+                            "on demand")
+
+
 def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) -> None:
     require_ray()
     import ray
@@ -54,6 +74,7 @@ def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) ->
     started = not ray.is_initialized()
     if started:
         ray.init(include_dashboard=False, log_to_driver=job.progress, logging_level=logging.WARNING)
+    check_resources(job.cpus_per_worker, job.gpus_per_worker)
     if not log.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timing lines, unless -v
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
