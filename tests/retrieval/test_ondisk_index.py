@@ -393,3 +393,10 @@ def test_serve_settings_take_workers_and_hand_them_to_worker_processes(tmp_path:
         ServeSettings.from_env({"EMIT_WORKERS": "two"}, index=str(tmp_path))
     with pytest.raises(EmitError, match="workers must be at least 1"):
         ServeSettings.from_env({}, index=str(tmp_path), workers="0")
+
+
+def test_too_few_rows_for_product_quantisation_is_a_clear_error(tmp_path: Path) -> None:
+    """PQ trains 256 codes a sub-quantiser: 40 rows used to end in FAISS's RuntimeError."""
+    write_shards(tmp_path / "feats", structured(40, 16, seed=3), 20)
+    with pytest.raises(EmitError, match=r"needs at least 256 vectors.*--kind ivfflat"):
+        build(tmp_path / "feats", tmp_path / "idx", BuildSettings(kind="ivfpq", nlist=4, workers=1))

@@ -246,3 +246,11 @@ def test_ray_with_a_cuda_device_but_no_gpus_per_worker_is_refused_up_front(tmp_p
     with pytest.raises(EmitError, match="--device cuda with --engine ray needs --gpus-per-worker"):
         extract_to_shards(job([tmp_path], tmp_path / "o", engine="ray", device="cuda"))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_manifest_named_relative_to_the_working_folder_gives_absolute_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards (and indexes built from them) must name images that resolve from anywhere."""
+    (tmp_path / "list.txt").write_text("imgs/a.png\n")
+    monkeypatch.chdir(tmp_path)
+    assert expand_inputs(["list.txt"]) == [str(tmp_path / "imgs" / "a.png")]

@@ -108,6 +108,9 @@ def _index_build_from_features(args: argparse.Namespace) -> int:
 
     if args.images:
         raise EmitError(f"give either images or --from-features {args.from_features}, not both")
+    from emit.devices import resolve_device
+
+    resolve_device(args.device)  # the run's image side maps the shards here on the CPU; refuse an absent one
     settings = BuildSettings(kind=args.kind or "ivfpq", nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
                              train_size=args.train_size,
                              workers=args.workers or max(1, min(4, os.cpu_count() or 1)))

@@ -527,6 +527,10 @@ def _build_ivf(shards: Sequence[Shard], n: int, dim: int, kind: str, metric: int
         ivfpq.do_polysemous_training = False
     if n < nlist:
         raise EmitError(f"{factory!r} needs at least {nlist} vectors to train, got {n}; lower --nlist")
+    codes = 2 ** int(ivfpq.pq.nbits) if hasattr(ivfpq, "pq") else 0
+    if n < codes:  # FAISS would stop with a RuntimeError deep in its PQ training
+        raise EmitError(f"{factory!r}: product quantisation trains {codes} codes and needs at least {codes} "
+                        f"vectors, got {n}; use --kind ivfflat (or exact) for so few images")
     t = time.perf_counter()
     sample = _sample(shards, settings.train_size or max(40 * nlist, 10_000), side, settings.chunk_rows,
                      settings.seed)

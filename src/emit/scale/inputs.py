@@ -44,7 +44,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 def _absolute(path: str, base: Path) -> str:
     # abspath, not resolve(): a symlinked image keeps the name the user gave it
-    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    # absolute also when the manifest was named relative to the working directory
+    return os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(path)))
 
 
 def _folder_images(folder: Path) -> Iterator[str]:
