@@ -15,7 +15,6 @@ Spawned with ``torch.multiprocessing.spawn`` (and once through the real ``torchr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -30,9 +29,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image, ImageDraw
 
 from emit import distributed
+from emit.data.synthetic import make_shapes
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.encoders.registry import build_encoder
 from emit.retrieval.layout import CHECKPOINT
@@ -315,43 +314,18 @@ def test_a_batch_that_does_not_split_is_refused(monkeypatch) -> None:
 # --------------------------------------------------------------------------- the real torchrun
 
 
-def _draw(path: Path, colour: tuple[int, int, int], shape: str) -> None:
-    im = Image.new("RGB", (48, 48), (255, 255, 255))
-    d = ImageDraw.Draw(im)
-    if shape == "circle":
-        d.ellipse((9, 9, 39, 39), fill=colour)
-    elif shape == "square":
-        d.rectangle((7, 7, 41, 41), fill=colour)
-    else:
-        d.polygon([(24, 6), (43, 42), (5, 42)], fill=colour)
-    im.save(path)
-
-
 def _torchrun() -> list[str]:
     exe = Path(sys.executable).with_name("torchrun")
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
 
 
 def test_torchrun_trains_is_killed_and_resumes(tmp_path) -> None:
-    colours = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
-    (tmp_path / "images").mkdir()
-    titles = []
-    for colour, rgb in colours.items():
-        for shape in ("circle", "square", "triangle"):
-            name = f"images/{colour}_{shape}.png"
-            _draw(tmp_path / name, rgb, shape)
-            titles += [{"image": name, "text": f"a {colour} {shape}"},
-                       {"image": name, "text": f"{shape} {colour}"}]
-    (tmp_path / "titles.jsonl").write_text("\n".join(json.dumps(t) for t in titles) + "\n")
-    rng = np.random.default_rng(0)
-    words = [*colours, "circle", "square", "triangle", "a"]
-    lines = [w + " " + " ".join(f"{v:.4f}" for v in rng.standard_normal(8)) for w in words]
-    (tmp_path / "vectors.txt").write_text("\n".join(lines) + "\n")
+    shapes = make_shapes(tmp_path)  # emit's generated shapes: images, captions and word vectors
     out = tmp_path / "runs" / "r1"
     epochs = 20
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "emit", "retrieval", "train",
-           "--titles", str(tmp_path / "titles.jsonl"), "--tasks", "titles", "--out", str(out),
-           "--backbone", "colour-hist", "--vectors", str(tmp_path / "vectors.txt"), "--hidden", "8",
+           "--titles", str(shapes["titles"]), "--tasks", "titles", "--out", str(out),
+           "--backbone", "colour-hist", "--vectors", str(shapes["vectors"]), "--hidden", "8",
            "--num-layers", "1", "--epochs", str(epochs), "--batch-size", "8", "--val-fraction", "0",
            "--loss", "patr", "--cache-dir", str(tmp_path / "cache"), "-q", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -270,6 +270,18 @@ def collect_images(items: Sequence[PathLike], problems: ProblemLog) -> list[Path
     return files
 
 
+def _index_hubness(model: RetrievalModel, hubness: str, texts: PathLike | None) -> str:
+    """The correction an index build folds in: ``hubness`` resolved for the model, refusing
+    'image_to_text' without a text index, and 'both' narrowed to the images when there is none."""
+    hubness = resolve(hubness, model.metric)
+    if hubness == "image_to_text" and texts is None:
+        raise EmitError("--hubness image_to_text corrects the text index, and there is none; give "
+                        "--texts CAPTIONS, or choose text_to_image (the image index), both or none")
+    if hubness == "both" and texts is None:
+        return "text_to_image"  # no text index to correct: record only what is corrected
+    return hubness
+
+
 def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *, kind: str = "exact",
                     texts: PathLike | None = None, texts_format: str = "auto",
                     image_root: PathLike | None = None, cache_dir: PathLike | None = None,
@@ -287,12 +299,7 @@ def build_index_job(run: PathLike, images: Sequence[PathLike], out: PathLike, *,
         raise EmitError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
     resolve_device(device)
     model = RetrievalModel.load(run)
-    hubness = resolve(hubness, model.metric)
-    if hubness == "image_to_text" and texts is None:
-        raise EmitError("--hubness image_to_text corrects the text index, and there is none; give "
-                        "--texts CAPTIONS, or choose text_to_image (the image index), both or none")
-    if hubness == "both" and texts is None:
-        hubness = "text_to_image"  # no text index to correct: record only what is corrected
+    hubness = _index_hubness(model, hubness, texts)
     bank = _bank(run, model, hubness, beta)
     problems = ProblemLog()
     files = collect_images(images, problems)
@@ -366,12 +373,7 @@ def build_index_from_features_job(run: PathLike, features: PathLike, out: PathLi
     start = time.perf_counter()
     settings = (settings or BuildSettings()).validate()
     model = RetrievalModel.load(run)
-    hubness = resolve(hubness, model.metric)
-    if hubness == "image_to_text" and texts is None:
-        raise EmitError("--hubness image_to_text corrects the text index, and there is none; give "
-                        "--texts CAPTIONS, or choose text_to_image (the image index), both or none")
-    if hubness == "both" and texts is None:
-        hubness = "text_to_image"
+    hubness = _index_hubness(model, hubness, texts)
     bank = _bank(run, model, hubness, beta)
     # the identity the run recorded is enough to check the shards: no backbone weights are loaded
     backbone = model.backbone if model.backbone is not None else model_backbone(model).identity

@@ -24,7 +24,7 @@ from emit.data.products import read_products
 from emit.pairing.jobs import assignment_used, baseline_path, load_pairing_model, write_predictions
 from emit.pairing.pipeline import ProductDecision, predict_products
 from emit.problems import EmitError, ProblemLog
-from emit.scale.ray_engine import check_resources, require_ray
+from emit.scale.ray_engine import actor_device, actor_options, ray_session, require_ray
 from emit.vision.features import default_cache_dir
 
 log = logging.getLogger("emit")
@@ -80,33 +80,23 @@ def predict_job_ray(model_dir: str | os.PathLike[str], data: str | os.PathLike[s
     products, _ = read_products(data, image_root=image_root, problems=problems, keep_missing=True)
     if not products:
         raise EmitError(f"{data}: no usable products; see the problems above")
-    import ray
-    import ray.data
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False, log_to_driver=progress, logging_level=logging.WARNING)
-    check_resources(cpus_per_worker, gpus_per_worker)
     decisions: list[ProductDecision | None] = [None] * len(products)
     found: list[tuple[int, list[dict[str, str]]]] = []
-    bar = tqdm(total=len(products), unit="product", desc="predict (ray)", disable=not progress)
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with ray_session(progress, cpus_per_worker, gpus_per_worker) as ray, \
+            tqdm(total=len(products), unit="product", desc="predict (ray)", disable=not progress) as bar:
         items = [{"index": i, "product_id": p.product_id} for i, p in enumerate(products)]
         blocks = max(1, min(-(-len(items) // products_per_batch), 8 * workers))
         threads = max(1, int(cpus_per_worker))
-        options: dict[str, Any] = {"num_cpus": cpus_per_worker}
-        if gpus_per_worker:
-            options["num_gpus"] = gpus_per_worker
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             PredictBatch,
             fn_constructor_kwargs={
                 "model_dir": str(model_dir), "data": str(data), "image_root": image_root,
                 "cache_dir": str(cache_dir or default_cache_dir()), "assign": assign, "combine": combine,
-                "device": "cpu" if not gpus_per_worker and device == "auto" else device,
+                "device": actor_device(device, gpus_per_worker),
                 "torch_threads": threads},
             batch_size=products_per_batch, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers), udf_modifying_row_count=False, **options)
+            compute=ray.data.ActorPoolStrategy(size=workers), udf_modifying_row_count=False,
+            **actor_options(cpus_per_worker, gpus_per_worker))
         for rows in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for i, blob, text in zip(*(rows.column(c).to_pylist() for c in ("index", "decision", "problems")),
                                      strict=True):
@@ -114,14 +104,6 @@ def predict_job_ray(model_dir: str | os.PathLike[str], data: str | os.PathLike[s
                 if text != "[]":
                     found.append((i, json.loads(text)))
             bar.update(rows.num_rows)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, EmitError):
-            raise EmitError(f"a Ray worker stopped the job: {exc.cause}") from exc
-        raise
-    finally:
-        bar.close()
-        if started:
-            ray.shutdown()
     missing = [products[i].product_id for i, d in enumerate(decisions) if d is None]
     if missing:
         raise EmitError(f"{data}: Ray returned no decision for {len(missing)} product(s) (e.g. "

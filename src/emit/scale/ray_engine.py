@@ -13,10 +13,11 @@ head), or starts one on this machine; a job run inside an already initialised Ra
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from emit.problems import EmitError
@@ -66,40 +67,24 @@ def check_resources(cpus_per_worker: float, gpus_per_worker: float) -> None:
                             "on demand")
 
 
-def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) -> None:
+@contextlib.contextmanager
+def ray_session(progress: bool, cpus_per_worker: float, gpus_per_worker: float) -> Iterator[Any]:
+    """Ray for one emit job (yields the ``ray`` module): the cluster at RAY_ADDRESS, or one
+    started here and shut down afterwards; actors no node can hold refused; Ray Data's own bars
+    and plan lines off (emit counts its rows); an actor's EmitError raised as emit's message."""
     require_ray()
     import ray
     import ray.data
 
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, log_to_driver=job.progress, logging_level=logging.WARNING)
-    check_resources(job.cpus_per_worker, job.gpus_per_worker)
-    if not log.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timing lines, unless -v
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.init(include_dashboard=False, log_to_driver=progress, logging_level=logging.WARNING)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # emit's own bar counts images, not blocks
-        items = [{"path": p, "part": part.index} for part in parts for p in part.paths]
-        threads = max(1, int(job.cpus_per_worker))
-        kwargs = job.extractor_kwargs(decode_threads=threads, torch_threads=threads)
-        if not job.gpus_per_worker and str(job.device).strip().lower() == "auto":
-            kwargs["device"] = "cpu"  # an actor given no GPU must not take one that it sees
-        # ~8 blocks an actor: the pool stays busy to the end, without a task per batch
-        blocks = max(1, min(-(-len(items) // job.batch_size), 8 * job.workers))
-        ds = ray.data.from_items(items, override_num_blocks=blocks)
-        options: dict[str, Any] = {"num_cpus": job.cpus_per_worker}
-        if job.gpus_per_worker:
-            options["num_gpus"] = job.gpus_per_worker
-        ds = ds.map_batches(
-            ExtractBatch,
-            fn_constructor_kwargs=kwargs,
-            batch_size=job.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=job.workers), udf_modifying_row_count=False,
-            **options,
-        )
-        for rows in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(rows)
+        check_resources(cpus_per_worker, gpus_per_worker)
+        if not log.isEnabledFor(logging.DEBUG):  # Ray Data's plan and timing lines, unless -v
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield ray
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, EmitError):  # an actor's clear message, not Ray's traceback
             raise EmitError(f"a Ray worker stopped the job: {exc.cause}") from exc
@@ -107,3 +92,37 @@ def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) ->
     finally:
         if started:
             ray.shutdown()
+
+
+def actor_options(cpus_per_worker: float, gpus_per_worker: float) -> dict[str, Any]:
+    """An actor's resources for ``map_batches``: GPUs only when asked for."""
+    options: dict[str, Any] = {"num_cpus": cpus_per_worker}
+    if gpus_per_worker:
+        options["num_gpus"] = gpus_per_worker
+    return options
+
+
+def actor_device(device: str, gpus_per_worker: float) -> str:
+    """The device an actor runs on: 'auto' means the CPU for an actor given no GPU, which must
+    not take one that it happens to see."""
+    return "cpu" if not gpus_per_worker and str(device).strip().lower() == "auto" else str(device)
+
+
+def run_ray(job: ExtractJob, parts: Sequence[Partition], writer: ShardWriter) -> None:
+    with ray_session(job.progress, job.cpus_per_worker, job.gpus_per_worker) as ray:
+        items = [{"path": p, "part": part.index} for part in parts for p in part.paths]
+        threads = max(1, int(job.cpus_per_worker))
+        kwargs = job.extractor_kwargs(decode_threads=threads, torch_threads=threads)
+        kwargs["device"] = actor_device(job.device, job.gpus_per_worker)
+        # ~8 blocks an actor: the pool stays busy to the end, without a task per batch
+        blocks = max(1, min(-(-len(items) // job.batch_size), 8 * job.workers))
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        ds = ds.map_batches(
+            ExtractBatch,
+            fn_constructor_kwargs=kwargs,
+            batch_size=job.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=job.workers), udf_modifying_row_count=False,
+            **actor_options(job.cpus_per_worker, job.gpus_per_worker),
+        )
+        for rows in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(rows)
