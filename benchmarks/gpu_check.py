@@ -107,6 +107,22 @@ def training_rate(device: torch.device, small: bool) -> None:
     report("retrieval training", device=str(device), batch=512, steps=steps, steps_per_s=round(rate, 2))
 
 
+def finetune(device: torch.device, work: Path, small: bool) -> None:
+    """`emit pair train --tune-full-model` on the device: one epoch of full fine-tuning of
+    EfficientNet-Lite0 on generated products, then the heads."""
+    from emit.data.synthetic import make_products
+
+    data = make_products(work / "products", 8 if small else 40, seed=1)
+    cmd = [sys.executable, "-m", "emit", "pair", "train", str(data), "--out", str(work / "tuned"), "-q",
+           "--backbone", "efficientnet-lite0", "--tune-full-model", "--finetune-epochs", "1",
+           "--min-count", "1", "--cache-dir", str(work / "cache-tune"), "--device", str(device)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=400)
+    report("pair fine-tuning", device=str(device), ok=done.returncode == 0 and (work / "tuned" /
+           "backbone.safetensors").is_file(), seconds=round(time.perf_counter() - start, 1),
+           tail=(done.stdout + done.stderr).strip().splitlines()[-3:])
+
+
 def distributed(device: torch.device, work: Path) -> None:
     """``torchrun -m emit retrieval train`` on every GPU here (NCCL; 1 GPU: one rank), killed
     after its first checkpoint and run again to resume; then the 2-process gloo tests (the
@@ -146,7 +162,8 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="a few images and steps (a CPU smoke run)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gpu_check.jsonl")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: extract,diff,train,ddp")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated checks to skip: extract,diff,train,finetune,ddp")
     a = ap.parse_args()
     from emit.devices import describe, resolve_device
 
@@ -160,6 +177,7 @@ def main() -> int:
             "extract": lambda: extraction(paths, device, a.small),
             "diff": lambda: cpu_gpu_difference(paths[: 16 if a.small else 256], device),
             "train": lambda: training_rate(device, a.small),
+            "finetune": lambda: finetune(device, work, a.small),
             "ddp": lambda: distributed(device, work),
         }
         for name, run in checks.items():
