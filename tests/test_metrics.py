@@ -12,13 +12,17 @@ from hypothesis import strategies as st
 
 from emit.metrics import (
     _ranking,
+    calibration_error,
     confused_pairs,
+    coverage_scores,
+    exact_matches,
     map_at_r,
     mean_average_precision,
     median_rank,
     pairing_scores,
     paper_map_at_r,
     recall_at_k,
+    risk_coverage_curve,
 )
 
 # --------------------------------------------------------------------------- pairing
@@ -80,6 +84,152 @@ def test_confused_pairs_counts_orders_and_cuts() -> None:
     assert confused_pairs(pred, truth, top=1) == [("黑", "白", 3)]
     assert confused_pairs(pred, truth, top=0) == []
     assert confused_pairs(truth, truth) == []
+
+
+# --------------------------------------------------------------------------- confidence
+
+# ranking: a (0.9), then the tie b, c (0.8) by id, then d (no confidence: 0); e is unscored
+CONF_TRUTH = {"a": ["黑", "白"], "b": ["红"], "c": ["黑", "白", "红"], "d": ["蓝"], "e": [None]}
+CONF_PRED = {"a": ["黑", "白"], "b": ["白"], "c": ["黑", "白", "黑"], "e": ["黑"]}  # d missing
+CONF = {"c": 0.8, "b": 0.8, "a": 0.9, "e": 0.99, "zz": 1.0}  # e, zz: not scored, ignored
+
+
+def test_coverage_scores_hand_computed() -> None:
+    rows = coverage_scores(CONF, CONF_PRED, CONF_TRUTH, levels=(0.1, 0.5, 0.7, 0.9, 1.0))
+    # a: 2/2 right; b: 0/1; c: 2/3; d: 0/1 (missing)
+    assert rows[0] == {"coverage": 0.1, "products": 1, "images": 2, "accuracy": 1.0,
+                       "exact_match": 1.0, "min_confidence": 0.9}  # at least one product
+    assert rows[1] == {"coverage": 0.5, "products": 2, "images": 3,  # a, b
+                       "accuracy": pytest.approx(2 / 3), "exact_match": 0.5, "min_confidence": 0.8}
+    assert rows[2] == {"coverage": 0.7, "products": 3, "images": 6,  # ceil(2.8): a, b, c
+                       "accuracy": pytest.approx(4 / 6), "exact_match": pytest.approx(1 / 3),
+                       "min_confidence": 0.8}
+    full = {"products": 4, "images": 7, "accuracy": pytest.approx(4 / 7), "exact_match": 0.25,
+            "min_confidence": 0.0}  # ceil(3.6) = 4; d ranks last with confidence 0
+    assert rows[3] == {"coverage": 0.9, **full}
+    assert rows[4] == {"coverage": 1.0, **full}
+    # 0.7 * 10 is 7.000000000000001 in floating point: still 7 products, not 8
+    ten = {f"p{i}": ["x"] for i in range(10)}
+    assert coverage_scores({}, ten, ten, levels=(0.7,))[0]["products"] == 7
+
+
+def test_coverage_ties_break_by_product_id_not_dict_order() -> None:
+    truth = {"b": ["x"], "a": ["x"]}
+    pred = {"b": ["x"], "a": ["y"]}  # a wrong, b right; same confidence: a comes first
+    for conf in ({"a": 0.5, "b": 0.5}, {"b": 0.5, "a": 0.5}):
+        assert coverage_scores(conf, pred, truth, levels=(0.5,))[0]["exact_match"] == 0.0
+        assert risk_coverage_curve(conf, pred, truth)["risk"] == [1.0, 0.5]
+
+
+def test_risk_coverage_curve_hand_computed() -> None:
+    rc = risk_coverage_curve(CONF, CONF_PRED, CONF_TRUTH)
+    assert rc["coverage"] == [0.25, 0.5, 0.75, 1.0]
+    # exactly right in rank order: a yes, b no, c no, d no
+    assert rc["risk"] == pytest.approx([0.0, 1 / 2, 2 / 3, 3 / 4])
+    # correct / scored images so far: 2/2, 2/3, 4/6, 4/7
+    assert rc["image_risk"] == pytest.approx([0.0, 1 / 3, 1 / 3, 3 / 7])
+    assert rc["aurc"] == pytest.approx((0 + 1 / 2 + 2 / 3 + 3 / 4) / 4)  # 23/48
+    assert risk_coverage_curve({}, {}, {"p": [None]}) == {
+        "coverage": [], "risk": [], "image_risk": [], "aurc": None}
+
+
+def test_exact_matches_are_the_scored_products() -> None:
+    assert exact_matches(CONF_PRED, CONF_TRUTH) == {"a": True, "b": False, "c": False, "d": False}
+
+
+def test_calibration_error_hand_computed() -> None:
+    # a, b, c, d of the case above: confidences 0.9, 0.8, 0.8, 0; exactly right 1, 0, 0, 0
+    cal = calibration_error([0.9, 0.8, 0.8, 0.0], [True, False, False, False])
+    # bins [0.9, 1): gap |1 - 0.9| = 0.1 (1 product); [0.8, 0.9): |0 - 0.8| (2); [0, 0.1): 0 (1)
+    assert cal["ece"] == pytest.approx(1 / 4 * 0.1 + 2 / 4 * 0.8)  # 0.425
+    assert cal["mce"] == pytest.approx(0.8)
+    assert cal["brier"] == pytest.approx((0.01 + 0.64 + 0.64 + 0.0) / 4)  # 0.3225
+    assert [(b["lo"], b["count"]) for b in cal["bins"]] == [(0.0, 1), (0.8, 2), (0.9, 1)]
+    assert cal["bins"][1] == {"lo": 0.8, "hi": 0.9, "count": 2, "mean_confidence": 0.8,
+                              "accuracy": 0.0}
+    # two bins: [0, 0.5) holds 0.0 (gap 0); [0.5, 1] holds the rest, mean 2.5/3, accuracy 1/3
+    two = calibration_error([0.9, 0.8, 0.8, 0.0], [1, 0, 0, 0], bins=2)
+    assert two["ece"] == pytest.approx(3 / 4 * (2.5 / 3 - 1 / 3))  # 0.375
+    # a confidence of exactly 1.0 goes in the last bin
+    top = calibration_error([1.0, 0.95], [1, 1])
+    assert top["bins"] == [{"lo": 0.9, "hi": 1.0, "count": 2, "mean_confidence": 0.975,
+                            "accuracy": 1.0}]
+    assert top["ece"] == pytest.approx(0.025)
+    assert calibration_error([], []) == {"ece": None, "mce": None, "brier": None, "bins": []}
+
+
+def test_confidence_input_errors() -> None:
+    with pytest.raises(ValueError, match="coverage level"):
+        coverage_scores(CONF, CONF_PRED, CONF_TRUTH, levels=(0.0,))
+    with pytest.raises(ValueError, match="confidence of a"):
+        risk_coverage_curve({"a": float("nan")}, CONF_PRED, CONF_TRUTH)
+    with pytest.raises(ValueError, match="confidence of a"):
+        coverage_scores({"a": 1.5}, CONF_PRED, CONF_TRUTH)
+    with pytest.raises(ValueError, match="2 confidences for 1 outcomes"):
+        calibration_error([0.5, 0.5], [1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        calibration_error([-0.1], [1])
+    with pytest.raises(ValueError, match="0/1"):
+        calibration_error([0.5], [2])
+    with pytest.raises(ValueError, match="bins"):
+        calibration_error([0.5], [1], bins=0)
+
+
+ConfCase = tuple[dict[str, list[str | None]], dict[str, list[str | None]], dict[str, float]]
+
+
+@st.composite
+def confidence_case(draw: st.DrawFn) -> ConfCase:
+    ids = draw(st.lists(st.sampled_from("abcdefgh"), unique=True, max_size=8))
+    tag = st.sampled_from(["x", "y", None])
+    truth = {pid: draw(st.lists(tag, min_size=1, max_size=3)) for pid in ids}
+    pred = {pid: draw(st.lists(tag, min_size=len(t), max_size=len(t)))
+            for pid, t in truth.items() if draw(st.integers(0, 3))}  # 1 in 4 missing
+    # few distinct values so ties are common; some products have no confidence
+    conf = {pid: draw(st.sampled_from([0.0, 0.3, 0.5, 1.0])) for pid in ids if draw(st.booleans())}
+    return truth, pred, conf
+
+
+@settings(max_examples=100, deadline=None)
+@given(confidence_case())
+def test_full_coverage_is_the_overall_score(case: ConfCase) -> None:
+    truth, pred, conf = case
+    overall = pairing_scores(pred, truth)
+    rows = coverage_scores(conf, pred, truth)
+    full = rows[-1]
+    assert full["coverage"] == 1.0
+    for key in ("products", "images", "accuracy", "exact_match"):
+        assert full[key] == overall[key]
+    assert [r["products"] for r in rows] == sorted(r["products"] for r in rows)
+    rc = risk_coverage_curve(conf, pred, truth)
+    assert len(rc["risk"]) == overall["products"]
+    if overall["products"]:
+        assert rc["risk"][-1] == pytest.approx(1 - overall["exact_match"])
+        assert rc["image_risk"][-1] == pytest.approx(1 - overall["accuracy"])
+        assert 0.0 <= rc["aurc"] <= 1.0
+        for r in rows:  # each level is one point of the curve
+            assert rc["risk"][r["products"] - 1] == pytest.approx(1 - r["exact_match"])
+        # the kept products' confidences fall as coverage grows
+        mins = [r["min_confidence"] for r in rows]
+        assert mins == sorted(mins, reverse=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), max_size=30),
+       st.integers(1, 12))
+def test_calibration_error_bounds(pairs: list[tuple[float, bool]], bins: int) -> None:
+    conf = [c for c, _ in pairs]
+    hit = [o for _, o in pairs]
+    cal = calibration_error(conf, hit, bins)
+    if not pairs:
+        assert cal["ece"] is None
+        return
+    assert 0.0 <= cal["ece"] <= cal["mce"] + 1e-12 <= 1.0 + 1e-12
+    assert 0.0 <= cal["brier"] <= 1.0
+    assert sum(b["count"] for b in cal["bins"]) == len(pairs)
+    # a confidence that equals its outcome is perfectly calibrated
+    exact = calibration_error([float(o) for o in hit], hit, bins)
+    assert exact["ece"] == 0.0 and exact["brier"] == 0.0
 
 
 # --------------------------------------------------------------------------- retrieval

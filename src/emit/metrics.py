@@ -1,5 +1,6 @@
-"""Evaluation metrics: pairing (Acc, EM) and retrieval (R@K, median rank, mAP@R in both its
-definitions -- Musgrave et al.'s and Aggarwal et al.'s -- and mAP).
+"""Evaluation metrics: pairing (Acc, EM), pairing confidence (scores at a coverage, the
+risk-coverage curve and AURC, calibration error) and retrieval (R@K, median rank, mAP@R in both
+its definitions -- Musgrave et al.'s and Aggarwal et al.'s -- and mAP).
 
 All functions are pure: plain data or arrays in, plain numbers out.
 
@@ -16,6 +17,7 @@ against a plain-Python loop over ``sorted(range(n), key=lambda j: (-score[j], j)
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -55,27 +57,18 @@ def pairing_scores(pred: Mapping[str, Tags], truth: Mapping[str, Tags]) -> dict[
     missing: list[str] = []
     by_size: dict[int, list[int]] = {}  # size -> [images, correct, products, exact]
     for pid, true_tags in truth.items():
-        scored = [k for k, t in enumerate(true_tags) if _known(t)]
-        if not scored:
+        n_scored, hits = _product_hits(pid, pred.get(pid), true_tags)
+        if not n_scored:
             continue
-        if pid in pred:
-            pred_tags = pred[pid]
-            if len(pred_tags) != len(true_tags):
-                raise ValueError(
-                    f"product {pid}: {len(pred_tags)} predicted tags for {len(true_tags)} images; "
-                    "align predictions to the truth images first"
-                )
-            hits = sum(1 for k in scored if _known(pred_tags[k]) and pred_tags[k] == true_tags[k])
-        else:
+        if pid not in pred:
             missing.append(pid)
-            hits = 0
-        all_right = int(hits == len(scored))
-        images += len(scored)
+        all_right = int(hits == n_scored)
+        images += n_scored
         correct += hits
         products += 1
         exact += all_right
         row = by_size.setdefault(len(true_tags), [0, 0, 0, 0])
-        row[0] += len(scored)
+        row[0] += n_scored
         row[1] += hits
         row[2] += 1
         row[3] += all_right
@@ -100,8 +93,32 @@ def pairing_scores(pred: Mapping[str, Tags], truth: Mapping[str, Tags]) -> dict[
     }
 
 
+def _product_hits(pid: str, pred_tags: Tags | None, true_tags: Tags) -> tuple[int, int]:
+    """(scored images, correct images) of one product; an absent prediction gets no hit."""
+    scored = [k for k, t in enumerate(true_tags) if _known(t)]
+    if not scored or pred_tags is None:
+        return len(scored), 0
+    if len(pred_tags) != len(true_tags):
+        raise ValueError(
+            f"product {pid}: {len(pred_tags)} predicted tags for {len(true_tags)} images; "
+            "align predictions to the truth images first"
+        )
+    return len(scored), sum(1 for k in scored if _known(pred_tags[k]) and pred_tags[k] == true_tags[k])
+
+
 def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
+
+
+def exact_matches(pred: Mapping[str, Tags], truth: Mapping[str, Tags]) -> dict[str, bool]:
+    """``{product_id: all its scored images right}`` for every product :func:`pairing_scores`
+    counts (one with a known true tag), in the truth's order; an absent product is False."""
+    out: dict[str, bool] = {}
+    for pid, true_tags in truth.items():
+        n_scored, hits = _product_hits(pid, pred.get(pid), true_tags)
+        if n_scored:
+            out[pid] = hits == n_scored
+    return out
 
 
 def confused_pairs(
@@ -129,6 +146,143 @@ def confused_pairs(
                 counts[(str(t), str(p))] += 1
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return [(t, p, n) for (t, p), n in ranked[: max(top, 0)]]
+
+
+# --------------------------------------------------------------------------- confidence
+# A confidence is a calibrated probability that *all* of a product's images are tagged right,
+# so it is judged against exact match. Products are ranked most confident first, ties by
+# product id (so the ranking never depends on dict order); a scored product with no confidence
+# entry ranks as confidence 0, least confident: a missing score must not help it.
+
+COVERAGE_LEVELS = (0.5, 0.7, 0.9, 1.0)
+
+
+def _check_confidence(pid: object, value: float) -> float:
+    c = float(value)
+    if not 0.0 <= c <= 1.0:  # False for NaN too
+        raise ValueError(f"confidence of {pid} is {value!r}, not a number in [0, 1]")
+    return c
+
+
+def _ranked(
+    confidence: Mapping[str, float], truth: Mapping[str, Tags]
+) -> list[tuple[str, float]]:
+    """Scored products (a known true tag) with their confidence, most confident first."""
+    scored = [pid for pid, tags in truth.items() if any(_known(t) for t in tags)]
+    conf = {pid: _check_confidence(pid, confidence.get(pid, 0.0)) for pid in scored}
+    return sorted(conf.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _kept(level: float, n: int) -> int:
+    """Products kept at coverage ``level`` of ``n``: ceil(level * n), at least 1 when n > 0."""
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"coverage level must be in (0, 1], got {level!r}")
+    # the tolerance keeps 0.7 * 10 = 7.000000000000001 at 7 products, not 8
+    return min(n, max(1, math.ceil(level * n - 1e-9))) if n else 0
+
+
+def coverage_scores(
+    confidence: Mapping[str, float],
+    pred: Mapping[str, Tags],
+    truth: Mapping[str, Tags],
+    levels: Sequence[float] = COVERAGE_LEVELS,
+) -> list[dict[str, Any]]:
+    """Scores of the most confident products only, one row per coverage level.
+
+    For each level ``f`` in (0, 1], the ``ceil(f * N)`` most confident of the ``N`` scored
+    products (at least 1 when ``N > 0``) are scored with :func:`pairing_scores`; the row is
+    ``{"coverage": f, "products", "images", "accuracy", "exact_match", "min_confidence"}``,
+    ``min_confidence`` being the confidence of the last product kept (None when ``N == 0``).
+    Ranking as in the section comment: most confident first, ties by product id, a missing
+    confidence counts as 0. A confidence outside [0, 1] (or NaN) raises ``ValueError``.
+    """
+    ranked = _ranked(confidence, truth)
+    rows: list[dict[str, Any]] = []
+    for level in levels:
+        k = _kept(float(level), len(ranked))
+        keep = [pid for pid, _ in ranked[:k]]
+        s = pairing_scores({pid: pred[pid] for pid in keep if pid in pred},
+                           {pid: truth[pid] for pid in keep})
+        rows.append({
+            "coverage": float(level),
+            "products": s["products"],
+            "images": s["images"],
+            "accuracy": s["accuracy"],
+            "exact_match": s["exact_match"],
+            "min_confidence": ranked[k - 1][1] if k else None,
+        })
+    return rows
+
+
+def risk_coverage_curve(
+    confidence: Mapping[str, float], pred: Mapping[str, Tags], truth: Mapping[str, Tags]
+) -> dict[str, Any]:
+    """The risk-coverage curve of the scored products, most confident first.
+
+    For ``k = 1..N``: ``coverage[k-1] = k / N``, ``risk[k-1]`` = 1 - exact match of the top
+    ``k`` products and ``image_risk[k-1]`` = 1 - accuracy over their images. ``aurc`` is the
+    mean of ``risk``, the area under the curve (lower is better: the confidence puts the
+    wrong products last); None when nothing is scored. Ranking as in :func:`coverage_scores`.
+    """
+    ranked = _ranked(confidence, truth)
+    if not ranked:
+        return {"coverage": [], "risk": [], "image_risk": [], "aurc": None}
+    counts = np.array([_product_hits(pid, pred.get(pid), truth[pid]) for pid, _ in ranked],
+                      dtype=np.int64)  # (scored images, correct images) per product
+    n = len(ranked)
+    k = np.arange(1, n + 1)
+    exact = np.cumsum(counts[:, 1] == counts[:, 0])
+    risk = 1.0 - exact / k
+    image_risk = 1.0 - np.cumsum(counts[:, 1]) / np.cumsum(counts[:, 0])
+    return {
+        "coverage": (k / n).tolist(),
+        "risk": risk.tolist(),
+        "image_risk": image_risk.tolist(),
+        "aurc": float(risk.mean()),
+    }
+
+
+def calibration_error(
+    confidence: Sequence[float], outcome: Sequence[bool | int], bins: int = 10
+) -> dict[str, Any]:
+    """How well confidences match outcomes (1 = the product is exactly right, 0 = not).
+
+    Confidences fall in ``bins`` equal-width bins over [0, 1]: bin ``i`` holds
+    ``[i/bins, (i+1)/bins)``, and a confidence of exactly 1.0 goes in the last bin.
+    ``ece`` is the expected calibration error, sum over bins of (count / n) *
+    |accuracy - mean confidence|; ``mce`` the largest such gap of a non-empty bin; ``brier``
+    the mean of (confidence - outcome)^2. ``bins`` lists the non-empty bins as
+    ``{"lo", "hi", "count", "mean_confidence", "accuracy"}``. With no input every score is
+    None. A confidence outside [0, 1] or an outcome other than 0/1 raises ``ValueError``.
+    """
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    bins = int(bins)
+    c = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    o = np.asarray(outcome, dtype=np.float64).reshape(-1)
+    if c.shape != o.shape:
+        raise ValueError(f"{c.size} confidences for {o.size} outcomes")
+    if not np.all((c >= 0.0) & (c <= 1.0)):  # False for NaN too
+        raise ValueError("every confidence must be a number in [0, 1]")
+    if not np.all((o == 0.0) | (o == 1.0)):
+        raise ValueError("every outcome must be 0/1 (or False/True)")
+    if c.size == 0:
+        return {"ece": None, "mce": None, "brier": None, "bins": []}
+    idx = np.minimum((c * bins).astype(np.int64), bins - 1)  # 1.0 -> the last bin
+    count = np.bincount(idx, minlength=bins)
+    conf_sum = np.bincount(idx, weights=c, minlength=bins)
+    hit_sum = np.bincount(idx, weights=o, minlength=bins)
+    rows: list[dict[str, Any]] = []
+    ece = mce = 0.0
+    for i in np.flatnonzero(count):
+        mean_c, acc = conf_sum[i] / count[i], hit_sum[i] / count[i]
+        gap = abs(acc - mean_c)
+        ece += count[i] / c.size * gap
+        mce = max(mce, gap)
+        rows.append({"lo": i / bins, "hi": (i + 1) / bins, "count": int(count[i]),
+                     "mean_confidence": float(mean_c), "accuracy": float(acc)})
+    return {"ece": float(ece), "mce": float(mce), "brier": float(np.mean((c - o) ** 2)),
+            "bins": rows}
 
 
 # --------------------------------------------------------------------------- retrieval

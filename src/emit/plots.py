@@ -221,6 +221,9 @@ def per_size(scores: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
 def plot_pairing_report(report: Mapping[str, Any]) -> bytes:
     """A pairing report's figure as PNG bytes: (a) Acc/EM per system, (b) Acc by size, (c) confusions.
 
+    A report with a ``confidence`` section gets one more panel beside (b), the risk-coverage
+    curve (then (c), and the confusions become (d)); one without it renders as before.
+
     Without a CJK font, the missing-glyph warnings are suppressed and tags still label the bars.
     """
     import matplotlib
@@ -238,12 +241,18 @@ def plot_pairing_report(report: Mapping[str, Any]) -> bytes:
     with matplotlib.rc_context(rc), warnings.catch_warnings():
         # one warning per missing glyph per draw would flood the log; the title says it once
         warnings.filterwarnings("ignore", r"Glyph \d+ .* missing from", UserWarning)
-        fig = Figure(figsize=(12, 9), layout="constrained")
+        confidence = report.get("confidence")
+        # the risk-coverage panel is a third column of the top row; the confusions span below
+        columns = 3 if confidence else 2
+        fig = Figure(figsize=(6 * columns, 9), layout="constrained")
         FigureCanvasAgg(fig)
-        grid = fig.add_gridspec(2, 2, height_ratios=[1.0, 1.2])
+        grid = fig.add_gridspec(2, columns, height_ratios=[1.0, 1.2])
         _plot_scores(fig.add_subplot(grid[0, 0]), systems)
         _plot_sizes(fig.add_subplot(grid[0, 1]), systems)
-        _plot_confusions(fig.add_subplot(grid[1, :]), report.get("confused_pairs", []))
+        if confidence:
+            _plot_risk_coverage(fig.add_subplot(grid[0, 2]), confidence)
+        _plot_confusions(fig.add_subplot(grid[1, :]), report.get("confused_pairs", []),
+                         "(d)" if confidence else "(c)")
         title = (f"Pairing: {report.get('products', 0)} products, "
                  f"{report.get('images', 0)} images scored")
         if font is None:
@@ -292,11 +301,47 @@ def _plot_sizes(ax: Any, systems: list[tuple[str, Mapping[str, Any]]]) -> None:
         ax.legend(loc="upper right", ncols=min(len(tables), 3), fontsize=8)
 
 
-def _plot_confusions(ax: Any, pairs: Sequence[Sequence[Any]]) -> None:
+def _plot_risk_coverage(ax: Any, confidence: Mapping[str, Any]) -> None:
+    """Risk (1 - EM, and 1 - Acc) of the most confident products as more of them are kept."""
+    rc = confidence.get("risk_coverage", {})
+    aurc = rc.get("aurc")
+    ece = confidence.get("calibration", {}).get("ece")
+    title = "(c) risk vs coverage, most confident first"
+    if aurc is not None and ece is not None:
+        title += f"\nAURC {aurc:.3f}, ECE {ece:.3f}"
+    ax.set_title(title)
+    coverage = [100 * c for c in rc.get("coverage", [])]
+    if not coverage:
+        ax.text(0.5, 0.5, "no scored products", ha="center", va="center", transform=ax.transAxes)
+        return
+    ax.plot(coverage, [100 * r for r in rc["risk"]], label="products: 1 − EM")
+    ax.plot(coverage, [100 * r for r in rc["image_risk"]], "--", label="images: 1 − Acc")
+    n = len(coverage)
+    marked: set[int] = set()
+    for row in confidence.get("coverage", []):
+        # mark the 50/70/90 % levels on the curve (100 % is its end); on a few products two
+        # levels can keep the same number, and one label there is enough
+        k = int(row.get("products", 0))
+        if row.get("coverage", 1.0) >= 1.0 or not 0 < k <= n or k in marked:
+            continue
+        marked.add(k)
+        x, y = coverage[k - 1], 100 * rc["risk"][k - 1]
+        ax.plot([x], [y], "o", color="black", markersize=4)
+        ax.annotate(f"{100 * row['coverage']:g}%", (x, y), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8)
+    top = max(max(rc["risk"]), max(rc["image_risk"]))
+    ax.set_xlim(0, 103)  # room for a level's label at the curve's end
+    ax.set_ylim(0, max(5.0, 100 * top * 1.15))  # headroom for the labels; a flat 0 stays visible
+    ax.set_xlabel("products kept, most confident first (%)")
+    ax.set_ylabel("risk (%)")
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _plot_confusions(ax: Any, pairs: Sequence[Sequence[Any]], letter: str = "(c)") -> None:
     from matplotlib.ticker import MaxNLocator
 
     pairs = list(pairs)[:PLOT_CONFUSIONS]
-    ax.set_title("(c) most frequent confusions (true → predicted)")
+    ax.set_title(f"{letter} most frequent confusions (true → predicted)")
     if not pairs:
         ax.text(0.5, 0.5, "no confusions", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -253,3 +254,116 @@ def test_format_report_summary() -> None:
     assert format_report(json.loads(json.dumps(rep))) == text
     full = format_report(_report())
     assert "top confusions: 绿色 -> 紫色 x1; 蓝色 -> 红色 x1" in full
+
+
+# --------------------------------------------------------------------------- confidence
+
+# ranked 1 (0.95, right), 3 (0.6, 1 of 2 right), 2 (0.4, 1 of 3 right); 4 is unscored and 99
+# is not in the truth: both ignored
+CONFIDENCE = {"1": 0.95, "2": 0.4, "3": 0.6, "4": 0.99, "99": 1.0}
+
+
+def test_confidence_coverage_calibration_and_risk() -> None:
+    rep = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=CONFIDENCE)
+    conf = rep["confidence"]
+    assert conf["source"] == "confidence" and conf["products_without_confidence"] == 0
+    cov = {row["coverage"]: row for row in conf["coverage"]}
+    assert sorted(cov) == [0.5, 0.7, 0.9, 1.0]
+    # 50 %: ceil(1.5) = 2 products, 1 and 3: 3 of 4 images right, 1 of 2 products
+    assert cov[0.5] == {"coverage": 0.5, "products": 2, "images": 4, "accuracy": 0.75,
+                        "exact_match": 0.5, "min_confidence": 0.6}
+    # 70 %: ceil(2.1) = 3 products, all of them: the overall scores
+    for level in (0.7, 0.9, 1.0):
+        assert cov[level]["products"] == 3 and cov[level]["images"] == 7
+        assert cov[level]["accuracy"] == pytest.approx(4 / 7) == rep["accuracy"]
+        assert cov[level]["exact_match"] == pytest.approx(1 / 3)
+        assert cov[level]["min_confidence"] == 0.4
+    cal = conf["calibration"]
+    # one product per bin: gaps |1 - 0.95|, |0 - 0.4|, |0 - 0.6|
+    assert cal["ece"] == pytest.approx((0.05 + 0.4 + 0.6) / 3)
+    assert cal["mce"] == pytest.approx(0.6)
+    assert cal["brier"] == pytest.approx((0.05**2 + 0.4**2 + 0.6**2) / 3)
+    rc = conf["risk_coverage"]
+    assert rc["risk"] == pytest.approx([0.0, 1 / 2, 2 / 3])
+    assert rc["image_risk"] == pytest.approx([0.0, 1 / 4, 3 / 7])
+    assert rc["aurc"] == pytest.approx(7 / 18)
+    assert len(rep["problems"]) == 4  # the predictions' own, as without confidences
+    assert "confidence" not in evaluate_pairing(_pred(), _truth(), problems=_quiet())
+
+
+def test_confidence_from_the_file_beside_the_predictions(tmp_path: Path) -> None:
+    pred = tmp_path / "final_json.json"
+    path = report_mod.confidence_path(pred)
+    assert path == tmp_path / "final_json.confidence.json"
+    assert report_mod.confidence_path("runs/v2.final.json").name == "v2.final.confidence.json"
+    path.write_text(json.dumps(CONFIDENCE), "utf-8")
+    rep = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=path)
+    assert rep["confidence"]["source"] == str(path)
+    by_mapping = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=CONFIDENCE)
+    assert rep["confidence"]["coverage"] == by_mapping["confidence"]["coverage"]
+    assert evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=str(path)
+                            )["confidence"]["calibration"] == by_mapping["confidence"]["calibration"]
+
+
+def test_bad_and_missing_confidences_are_reported_and_ranked_last(tmp_path: Path) -> None:
+    path = tmp_path / "final_json.confidence.json"
+    # JSON allows NaN; true is no probability either; 4 is unscored but still checked
+    path.write_text('{"1": "high", "2": NaN, "3": 1.5, "4": true}', "utf-8")
+    rep = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=path)
+    where = str(path)
+    _problem(rep, where, "1", "confidence high is not a number in [0, 1]; skipped")
+    _problem(rep, where, "2", "confidence nan is not")
+    _problem(rep, where, "3", "confidence 1.5 is not")
+    _problem(rep, where, "4", "confidence True is not")
+    missing = _problem(rep, where, "3 product(s)", "no confidence (e.g. 1, 2, 3)")
+    assert "confidence 0" in missing["what"] and missing["fix"]
+    assert len(rep["problems"]) == 4 + 5
+    conf = rep["confidence"]
+    assert conf["products_without_confidence"] == 3
+    # all at confidence 0: ranked by id, so 50 % keeps 1 and 2: 3 of 5 images, 1 of 2 products
+    half = conf["coverage"][0]
+    assert (half["products"], half["images"], half["accuracy"], half["exact_match"],
+            half["min_confidence"]) == (2, 5, 0.6, 0.5, 0.0)
+    assert conf["calibration"]["bins"] == [{"lo": 0.0, "hi": 0.1, "count": 3,
+                                            "mean_confidence": 0.0, "accuracy": pytest.approx(1 / 3)}]
+
+
+def test_confidence_file_that_is_not_an_object_raises(tmp_path: Path) -> None:
+    path = tmp_path / "final_json.confidence.json"
+    path.write_text("[0.5, 0.9]", "utf-8")
+    with pytest.raises(EmitError, match=r"final_json\.confidence\.json: expected an object"):
+        evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=path)
+    path.write_text('{"1": ', "utf-8")
+    with pytest.raises(EmitError, match=r"final_json\.confidence\.json"):
+        evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=path)
+
+
+def test_format_report_shows_coverage_and_calibration() -> None:
+    rep = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=CONFIDENCE)
+    text = format_report(rep)
+    lines = text.splitlines()
+    assert "  most confident  50%: 2 products  Acc  75.0%  EM  50.0%  (confidence >= 0.60)" in lines
+    assert "  most confident  70%: 3 products  Acc  57.1%  EM  33.3%  (confidence >= 0.40)" in lines
+    assert "  most confident 100%: 3 products  Acc  57.1%  EM  33.3%  (confidence >= 0.40)" in lines
+    # ECE (0.05 + 0.4 + 0.6) / 3, Brier 0.5225 / 3, AURC 7 / 18
+    assert "  calibration: ECE 0.350, Brier 0.174, AURC 0.389" in lines
+    assert format_report(json.loads(json.dumps(rep))) == text
+    assert "most confident" not in format_report(_report())
+
+
+def test_png_with_a_risk_coverage_panel(tmp_path: Path) -> None:
+    rep = evaluate_pairing(_pred(), _truth(), problems=_quiet(), confidence=CONFIDENCE)
+    data = render_png(json.loads(json.dumps(rep)))
+    assert data.startswith(b"\x89PNG")
+    plain = render_png(_report())
+    assert plain.startswith(b"\x89PNG")
+    with Image.open(io.BytesIO(data)) as wide, Image.open(io.BytesIO(plain)) as narrow:
+        assert narrow.size == (1200, 900)  # as before: no extra panel without confidences
+        assert wide.size == (1800, 900)  # one more column for the curve
+    # a confidence section with nothing scored still renders
+    empty = {**rep, "confidence": {**rep["confidence"], "risk_coverage": {
+        "coverage": [], "risk": [], "image_risk": [], "aurc": None}}}
+    assert render_png(empty).startswith(b"\x89PNG")
+    json_path, png_path = write_report(rep, tmp_path / "val")
+    assert json.loads(json_path.read_text("utf-8"))["confidence"]["coverage"][0]["products"] == 2
+    assert png_path.read_bytes() == data

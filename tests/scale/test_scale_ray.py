@@ -98,9 +98,12 @@ def test_a_stopped_ray_job_resumes_without_duplicating_or_losing_rows(
 
 
 def test_pair_predict_on_ray_writes_the_local_final_json(cluster: None, tmp_path: Path) -> None:
+    import json
+
     from emit.config import PairingConfig
     from emit.data.synthetic import make_products
     from emit.pairing.jobs import predict_job, train_job
+    from emit.pairing.review_queue import read_review_queue
     from emit.scale.predict import predict_job_ray
 
     train = make_products(tmp_path / "train", 24, seed=1, size=48)
@@ -111,22 +114,35 @@ def test_pair_predict_on_ray_writes_the_local_final_json(cluster: None, tmp_path
     train_job(train, tmp_path / "model", PairingConfig(max_epochs=10, bag_size=2), cache_dir=cache,
               progress=False)
     local = predict_job(tmp_path / "model", products, tmp_path / "local" / "final_json.json",
-                        cache_dir=cache, progress=False)
+                        cache_dir=cache, progress=False, review_below=0.9)
     spread = predict_job_ray(tmp_path / "model", products, tmp_path / "ray" / "final_json.json",
                              cache_dir=tmp_path / "cache-ray", progress=False, workers=2,
-                             products_per_batch=3)
+                             products_per_batch=3, review_below=0.9)
     assert spread["products"] == local["products"] == 10 and spread["images"] == local["images"]
     assert spread["problems"] == local["problems"] == 1
-    for name in ("final_json.json", "final_json.baseline.json", "final_json.problems.json"):
+    for name in ("final_json.json", "final_json.baseline.json", "final_json.problems.json",
+                 "final_json.confidence.json"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    # the review queue: the same products, confidences and tags; only the file it sits beside differs
+    queues = {engine: read_review_queue(tmp_path / engine / "final_json.review.json")
+              for engine in ("local", "ray")}
+    assert queues["ray"].products == queues["local"].products
+    assert queues["ray"].predictions == (tmp_path / "ray" / "final_json.json").resolve()
+    assert spread["review_products"] == local["review_products"] == len(queues["local"].products) >= 1
+    confidence = json.loads((tmp_path / "ray" / "final_json.confidence.json").read_text(encoding="utf-8"))
+    assert confidence[first.name] == 0.0  # its unreadable image leaves it untagged: never sure
+    assert queues["ray"].products[0].product_id == first.name
     # the command line's --engine ray is this job (the features are cached by now: a quick run)
     from emit.cli import main
 
     assert main(["pair", "predict", str(tmp_path / "model"), str(products), "-q", "--engine", "ray",
                  "--workers", "2", "--out", str(tmp_path / "cli" / "final_json.json"),
-                 "--cache-dir", str(tmp_path / "cache-ray")]) == 0
+                 "--cache-dir", str(tmp_path / "cache-ray"), "--review-below", "0.9"]) == 0
     assert (tmp_path / "cli" / "final_json.json").read_bytes() == (tmp_path / "local" / "final_json.json"
                                                                    ).read_bytes()
+    assert (tmp_path / "cli" / "final_json.confidence.json").read_bytes() == (
+        tmp_path / "local" / "final_json.confidence.json").read_bytes()
+    assert read_review_queue(tmp_path / "cli" / "final_json.review.json").products == queues["local"].products
 
 
 def test_an_actor_no_node_can_hold_is_refused_instead_of_waiting_for_ever(

@@ -18,7 +18,8 @@ def cmd_pair_train(args: argparse.Namespace) -> int:
     from emit.pairing.jobs import train_job
 
     print_json(train_job(args.data, args.out, config_from(args), image_root=args.image_root,
-                         cache_dir=args.cache_dir, progress=not args.quiet, device=args.device))
+                         cache_dir=args.cache_dir, progress=not args.quiet, device=args.device,
+                         extra=args.extra or ()))
     return 0
 
 
@@ -30,13 +31,13 @@ def cmd_pair_predict(args: argparse.Namespace) -> int:
                                    cache_dir=args.cache_dir, assign=args.assign, combine=args.combine,
                                    progress=not args.quiet, device=args.device, workers=args.workers,
                                    cpus_per_worker=args.cpus_per_worker,
-                                   gpus_per_worker=args.gpus_per_worker))
+                                   gpus_per_worker=args.gpus_per_worker, review_below=args.review_below))
         return 0
     from emit.pairing.jobs import predict_job
 
     print_json(predict_job(args.model, args.data, args.out, image_root=args.image_root,
                            cache_dir=args.cache_dir, assign=args.assign, combine=args.combine,
-                           progress=not args.quiet, device=args.device))
+                           progress=not args.quiet, device=args.device, review_below=args.review_below))
     return 0
 
 
@@ -45,7 +46,7 @@ def cmd_pair_evaluate(args: argparse.Namespace) -> int:
     from emit.pairing.report import format_report
 
     report, json_path, png_path = evaluate_job(args.predictions, args.truth, baseline=args.baseline,
-                                               out=args.out)
+                                               confidence=args.confidence, out=args.out)
     print(format_report(report))
     print(f"report: {json_path}\nplot:   {png_path}")
     return 0
@@ -61,6 +62,9 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
 def _train(t: argparse.ArgumentParser) -> None:
     t.add_argument("data", help="folder of product folders, or a combined train_all.json")
     t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--extra", action="append", default=None, metavar="PATH",
+                   help="more labelled catalogue images to train on (repeatable): product folders, a "
+                        "combined *_all.json, or JSON lines of {image, tag, group}; see docs/pairing.md")
     _data_flags(t)
     add_config_flags(t.add_argument_group("model settings (emit.config.PairingConfig)"), PairingConfig)
     t.set_defaults(func=cmd_pair_train)
@@ -75,6 +79,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
                    help="assignment rule (default: the model's, normally exact)")
     p.add_argument("--combine", choices=field_choices(PairingConfig, "bag_combine"), default=None,
                    help="how bagged models combine (default: the model's)")
+    p.add_argument("--review-below", type=float, default=None, metavar="P",
+                   help="also write <out stem>.review.json: the products whose confidence is below P, "
+                        "least confident first, for the review page")
     add_engine_flags(p)
     p.set_defaults(func=cmd_pair_predict)
 
@@ -84,6 +91,8 @@ def _evaluate(e: argparse.ArgumentParser) -> None:
     e.add_argument("truth", help="products with true tags (folder or combined file)")
     e.add_argument("--baseline", default=None,
                    help="baseline predictions (default: <predictions>.baseline.json if present)")
+    e.add_argument("--confidence", default=None,
+                   help="product confidences (default: <predictions>.confidence.json if present)")
     e.add_argument("--out", default=None, help="report prefix (default: <predictions>_report)")
     e.set_defaults(func=cmd_pair_evaluate)
 

@@ -84,6 +84,45 @@ def make_products(root: str | os.PathLike[str], n_products: int = 60, *, seed: i
     return root
 
 
+GARMENT_WORDS = {"tshirt": "T恤", "trousers": "长裤", "dress": "连衣裙", "shoe": "鞋"}
+MIXED_DECORATIONS = ["{c}{g}", "{g}-{c}", "【{c}】{g}", "K{code}{c}{g}"]
+
+
+def make_mixed_products(root: str | os.PathLike[str], n_products: int = 60, *, seed: int = 0,
+                        size: int = 96, with_truth: bool = True) -> Path:
+    """Products whose options differ by garment shape as well as colour (``黑色T恤`` /
+    ``黑色长裤`` / ``白色长裤``): every product has two options that share a colour, so colour
+    alone cannot tell them apart, plus up to two more."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(n_products):
+        pid = f"{800000000000 + seed * 100000 + k}"
+        folder = root / pid
+        folder.mkdir(exist_ok=True)
+        colour = rng.choice(COLOURS)
+        first, second = rng.sample(SHAPES, 2)
+        options = [(colour, first), (colour, second)]
+        wanted = rng.randint(2, 4)
+        while len(options) < wanted:
+            option = (rng.choice(COLOURS), rng.choice(SHAPES))
+            if option not in options:
+                options.append(option)
+        rng.shuffle(options)
+        pattern, code = rng.choice(MIXED_DECORATIONS), rng.randint(1000, 99999)
+        tags = [pattern.format(c=c[0], g=GARMENT_WORDS[g], code=code) for c, g in options]
+        shown = list(range(len(options))) + [rng.randrange(len(options)) for _ in range(rng.randint(0, 2))]
+        rng.shuffle(shown)
+        imgs_tags = []
+        for i, o in enumerate(shown):
+            name = f"{pid}_{i}.jpg"
+            (_, rgb), shape = options[o]
+            _draw_garment(shape, rgb, size, rng).save(folder / name, quality=90)
+            imgs_tags.append({name: tags[o] if with_truth else ""})
+        atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
+    return root
+
+
 # ---- retrieval: shapes with captions -------------------------------------------------------
 
 SHAPE_COLOURS: dict[str, tuple[int, int, int]] = {

@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from emit import distributed
 from emit.commit import FolderCommit, folder_commit, write_problems
 from emit.config import PairingConfig
+from emit.data.extra_images import read_extra_images
 from emit.data.products import Product, read_products, read_truth, write_final_json
 from emit.devices import local_device, resolve_device
-from emit.files import atomic_write_bytes, recover_folder
+from emit.files import atomic_remove, atomic_write_bytes, atomic_write_json, recover_folder
 from emit.pairing.assign import AssignMode
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import PairingModel
 from emit.pairing.pipeline import ProductDecision, check_backbone, predict_products, train_pairing
-from emit.pairing.report import evaluate_pairing, write_report
+from emit.pairing.report import confidence_path, evaluate_pairing, write_report
+from emit.pairing.review_queue import build_review_queue, review_path, write_review_queue
 from emit.plots import plot_pairing_curves
 from emit.problems import EmitError, ProblemLog
 from emit.vision.backbones import Backbone, create_backbone
@@ -48,7 +51,8 @@ TRAIN_PROBLEMS = "train_problems.json"
 
 def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config: PairingConfig, *,
               image_root: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-              progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+              progress: bool = True, device: str = "cpu",
+              extra: Sequence[str | os.PathLike[str]] = ()) -> dict[str, Any]:
     config.validate()
     where = local_device(device)  # absent: refused before any work; under torchrun: this rank's GPU
     if distributed.launched() and not config.tune_full_model:
@@ -61,6 +65,20 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
     products, _ = read_products(data, image_root=image_root, problems=problems)
     if not products:
         raise EmitError(f"{data}: no usable products; see the problems above")
+    extra_products, sources = [], []
+    seen = {p.product_id for p in products}
+    for source in extra:
+        found = []
+        for product in read_extra_images(source, problems):
+            if product.product_id in seen:  # e.g. --extra naming the training folder itself
+                problems.add(source, product.product_id, "product is already in the training data (or "
+                             "an earlier --extra); not used twice", "leave it out of one of the two")
+                continue
+            seen.add(product.product_id)
+            found.append(product)
+        extra_products += found
+        sources.append({"path": str(Path(source).resolve()), "products": len(found),
+                        "images": sum(len(p.images) for p in found)})
     backbone = create_backbone(config.backbone, weights=config.weights)
     cache = cache_dir or default_cache_dir()
     if config.tune_full_model:
@@ -70,10 +88,14 @@ def train_job(data: str | os.PathLike[str], out: str | os.PathLike[str], config:
         backbone = finetune_backbone(products, backbone, config, Path(out), problems=problems,
                                      progress=progress)
     model = train_pairing(products, config, backbone=backbone, cache_dir=cache, problems=problems,
-                          progress=progress, device=device)
+                          progress=progress, device=device, extra=extra_products)
+    model.extra_sources = sources
     png = write_model_folder(out, model, problems)
     return {"model": str(out), "products": len(products),
-            "images": sum(len(p.images) for p in products), "labels": len(model.vocab.labels),
+            "images": sum(len(p.images) for p in products),
+            **({"extra_products": len(extra_products),
+                "extra_images": sum(len(p.images) for p in extra_products)} if extra else {}),
+            "labels": len(model.vocab.labels),
             "members": len(model.members), "problems": len(problems),
             "seconds": round(time.perf_counter() - start, 1), "curves": str(png)}
 
@@ -133,10 +155,14 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                 out: str | os.PathLike[str], *, image_root: str | None = None,
                 cache_dir: str | os.PathLike[str] | None = None, assign: AssignMode | None = None,
                 combine: CombineMode | None = None, progress: bool = True,
-                device: str = "cpu") -> dict[str, Any]:
+                device: str = "cpu", review_below: float | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     resolve_device(device)
+    check_review_below(review_below)
     model, backbone = load_pairing_model(model_dir)
+    if model.calibration is None:
+        log.warning("%s was trained by an emit that did not calibrate confidence; the confidences "
+                    "are uncalibrated margins; retrain it for calibrated ones", model_dir)
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems, keep_missing=True)
     if not products:
@@ -145,29 +171,56 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                                  problems=problems, progress=progress, assign_mode=assign,
                                  combine_mode=combine, device=device)
     unreadable = sum(t is None for d in decisions for t in d.tags)
-    write_predictions(out, products, decisions, problems)
-    return {"predictions": str(out), "baseline": str(baseline_path(out)),
+    review = write_predictions(out, products, decisions, problems, review_below=review_below, data=data)
+    summary = {"predictions": str(out), "confidence": str(confidence_path(out)),
             "products": len(products), "images": sum(len(p.images) for p in products),
             "unassigned_images": unreadable, "problems": len(problems),
             "assign": assignment_used(model, assign, combine),
             "combine": combine or model.config.bag_combine,
+            "calibrated": model.calibration is not None,
             "seconds": round(time.perf_counter() - start, 2)}
+    if review is not None:
+        summary.update(review=str(review_path(out)), review_products=review)
+    return summary
+
+
+def check_review_below(review_below: float | None) -> None:
+    if review_below is not None and not 0 <= review_below <= 1:
+        raise EmitError(f"--review-below {review_below}: give a probability between 0 and 1, e.g. 0.9")
 
 
 def write_predictions(out: str | os.PathLike[str], products: list[Product],
-                      decisions: list[ProductDecision], problems: ProblemLog) -> Path:
-    """``final_json.json``, its baseline and its problems as one commit: all from this run."""
+                      decisions: list[ProductDecision], problems: ProblemLog, *,
+                      review_below: float | None = None,
+                      data: str | os.PathLike[str] | None = None) -> int | None:
+    """``final_json.json``, its baseline, confidences, problems and (with ``review_below``) the
+    review queue of the products less sure than that, as one commit: all from this run (a
+    queue left by an earlier run is removed). Returns the queue's length, or None."""
     out = Path(out)
-    outputs = [out, baseline_path(out), problems_path(out)]
+    # rounded once: the review queue and the confidence file must agree on every product
+    confidence = {d.product_id: round(d.product_confidence, 6) for d in decisions}
+    review = None
+    if review_below is not None:
+        if data is None:
+            raise ValueError("a review queue needs the data folder it names")
+        review = build_review_queue(review_below, Path(data).resolve(), out.resolve(), confidence,
+                                    {d.product_id: d.tags for d in decisions})
+    outputs = [out, baseline_path(out), confidence_path(out), problems_path(out), review_path(out)]
     with folder_commit(out.parent, label=out.name, manifest=False, only=[p.name for p in outputs]):
         write_final_json(out, products, {d.product_id: d.tags for d in decisions})
         write_final_json(baseline_path(out), products, {d.product_id: d.baseline_tags for d in decisions})
+        atomic_write_json(confidence_path(out), confidence)
         write_problems(problems, problems_path(out))
-    return out
+        if review is not None:
+            write_review_queue(review_path(out), review)
+        else:
+            atomic_remove(review_path(out))
+    return None if review is None else len(review["products"])
 
 
 def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                  baseline: str | os.PathLike[str] | None = None,
+                 confidence: str | os.PathLike[str] | None = None,
                  out: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path, Path]:
     problems = ProblemLog()
     recover_folder(Path(pred).parent)  # finish a predict that was killed mid-commit: read one run's files
@@ -178,7 +231,12 @@ def evaluate_job(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                         "--baseline out")
     base = Path(baseline) if baseline else baseline_path(pred)
     baselines = {"colour baseline (single-class)": base} if base.is_file() else None
-    report = evaluate_pairing(pred, truth_products, baselines, problems=problems)
+    conf = Path(confidence) if confidence else confidence_path(pred)
+    if confidence is not None and not conf.is_file():
+        raise EmitError(f"--confidence {confidence}: no such file; give the <name>.confidence.json that "
+                        "`emit pair predict` wrote beside its output, or leave --confidence out")
+    report = evaluate_pairing(pred, truth_products, baselines, problems=problems,
+                              confidence=conf if conf.is_file() else None)
     prefix = Path(out) if out else Path(pred).with_name(Path(pred).stem + "_report")
     with folder_commit(prefix.parent, label=prefix.name, manifest=False):  # the JSON and its plot together
         json_path, png_path = write_report(report, prefix)

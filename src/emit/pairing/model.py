@@ -20,9 +20,10 @@ from emit.commit import folder_commit, verify_folder
 from emit.config import PairingConfig, from_dict, to_dict, versions
 from emit.files import atomic_write_json, atomic_write_safetensors, read_json
 from emit.pairing.assign import AssignMode, assign
+from emit.pairing.confidence import Calibration, assignment_margin
 from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode, combine
-from emit.pairing.tagger import TaggerHead, restrict_labels, with_product_context
+from emit.pairing.tagger import LISTWISE_TEMPERATURE, TaggerHead, restrict_labels, with_product_context
 from emit.problems import EmitError
 from emit.text.colours import COLOUR_CLASSES, colour_index
 from emit.text.labels import LabelVocab
@@ -66,6 +67,9 @@ class PairingModel:
     baseline: TaggerHead | None
     backbone_identity: dict[str, Any]
     feature_dim: int
+    # None: saved by an emit that did not calibrate; confidences then use Calibration()'s defaults
+    calibration: Calibration | None = None
+    extra_sources: list[dict[str, Any]] = field(default_factory=list)  # --extra data, for the record
 
     # ---- features -> costs -------------------------------------------------------------
     def inputs(self, features: np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -86,6 +90,20 @@ class PairingModel:
         choice = combine(costs, combine_mode or self.config.bag_combine,
                          assign_mode or self.config.assign)
         return choice, np.mean(np.stack(costs), axis=0)
+
+    @property
+    def cost_temperature(self) -> float:
+        """The scale of the costs: BCE costs are means over labels, so their gaps are small."""
+        return LISTWISE_TEMPERATURE if self.config.loss == "bce" else 1.0
+
+    def product_confidence(self, cost: np.ndarray, choice: np.ndarray,
+                           assign_mode: AssignMode | None = None,
+                           combine_mode: CombineMode | None = None) -> float:
+        """Calibrated probability that every image of the product got its right tag."""
+        vote = (combine_mode or self.config.bag_combine) == "vote"  # per-image argmin underneath
+        mode: AssignMode = "argmin" if vote else (assign_mode or self.config.assign)
+        margin = assignment_margin(cost, choice, mode) / self.cost_temperature
+        return (self.calibration or Calibration()).probability(margin)
 
     def baseline_decide(self, logits: np.ndarray, tags: Sequence[str],
                         assign_mode: AssignMode | None = None) -> np.ndarray:
@@ -124,6 +142,8 @@ class PairingModel:
             "baseline": None if self.baseline is None else {
                 "in_dim": self.baseline.in_dim, "hidden": self.baseline.hidden,
                 "classes": COLOUR_CLASSES},
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
+            "extra": self.extra_sources,
         }
         atomic_write_json(folder / MODEL_FILE, meta)
 
@@ -164,4 +184,10 @@ class PairingModel:
         ]
         b = meta.get("baseline")
         baseline = None if b is None else head("baseline.", b["in_dim"], len(b["classes"]), b["hidden"])
-        return cls(config, vocab, members, baseline, meta["backbone"], meta["feature_dim"])
+        cal = meta.get("calibration")
+        try:
+            calibration = None if cal is None else Calibration.from_json(cal)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EmitError(f"{folder / MODEL_FILE}: bad calibration entry ({exc}); retrain") from exc
+        return cls(config, vocab, members, baseline, meta["backbone"], meta["feature_dim"], calibration,
+                   list(meta.get("extra", [])))

@@ -14,15 +14,12 @@ from scipy.special import softmax
 from emit.config import PairingConfig
 from emit.data.products import Product
 from emit.devices import resolve_device
-from emit.pairing.assign import AssignMode
+from emit.pairing.assign import AssignMode, assign
+from emit.pairing.confidence import Calibration, assignment_margin, fit_calibration
+from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
-from emit.pairing.tagger import (
-    LISTWISE_TEMPERATURE,
-    FitResult,
-    LabelledImages,
-    fit_head,
-)
+from emit.pairing.tagger import FitResult, LabelledImages, fit_head
 from emit.problems import EmitError, ProblemLog
 from emit.split import in_validation
 from emit.text.labels import build_vocab
@@ -127,14 +124,21 @@ def train_pairing(
     products: Sequence[Product], config: PairingConfig, *, backbone: Backbone | None = None,
     cache_dir: str | os.PathLike[str] | None = None, problems: ProblemLog | None = None,
     progress: bool = True, features: ProductFeatures | None = None, device: str | None = "cpu",
+    extra: Sequence[Product] = (),
 ) -> PairingModel:
     """Learn the label vocabulary, the bag of tagger heads and the colour baseline. ``device`` is
-    where the backbone extracts features and the heads train."""
+    where the backbone extracts features and the heads train.
+
+    ``extra`` are more labelled catalogue products (:mod:`emit.data.extra_images`): they train
+    the vocabulary and the heads like the others, but the confidence is calibrated on the
+    products being paired only. ``features``, if given, covers ``products`` then ``extra``."""
     config.validate()
     problems = problems if problems is not None else ProblemLog()
     products = [p for p in products if p.labelled]
     if not products:
         raise EmitError("no product has tagged images; training needs imgs_tags filled in")
+    primary = {p.product_id for p in products}
+    products = products + [p for p in extra if p.labelled and p.product_id not in primary]
     backbone = backbone or create_backbone(config.backbone, weights=config.weights)
     vocab = build_vocab([t for p in products for t in p.optional_tags],
                         config.min_count, config.top_k)
@@ -167,7 +171,38 @@ def train_pairing(
     baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
     baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
                     data_fraction=1.0, device=device).head
-    return PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim)
+    model = PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim)
+    model.calibration = calibrate(model, pf, inputs, primary)
+    log.info("confidence calibration: slope %.3f, intercept %.3f, on %d held-out products",
+             model.calibration.slope, model.calibration.intercept, model.calibration.products)
+    return model
+
+
+def calibrate(model: PairingModel, pf: ProductFeatures, inputs: np.ndarray,
+              among: set[str] | None = None) -> Calibration:
+    """Platt scaling of the cost margin, fitted on the products each member held out for early
+    stopping and scored by that member alone: training data only, never seen by the scorer.
+    ``among`` limits it to those product ids (the products being paired, not extra images)."""
+    config = model.config
+    margins: list[float] = []
+    correct: list[bool] = []
+    for member in model.members:
+        for product, rows in zip(pf.products, pf.rows, strict=True):
+            if among is not None and product.product_id not in among:
+                continue
+            if not (in_validation(product.product_id, config.val_fraction, member.seed)
+                    and rows and all(r is not None for r in rows)):
+                continue
+            z = member.head.logits(inputs[[r for r in rows if r is not None]])
+            cost = cost_matrix(z, member.embed(model.vocab, product.optional_tags), config.loss)
+            mode: AssignMode = "argmin" if config.bag_combine == "vote" else config.assign
+            choice = assign(cost, mode)
+            truth = [product.optional_tags.index(t) if t else None for t in product.tags]
+            if all(t is None for t in truth):
+                continue
+            margins.append(assignment_margin(cost, choice, mode) / model.cost_temperature)
+            correct.append(all(t is None or t == c for t, c in zip(truth, choice, strict=True)))
+    return fit_calibration(margins, correct)
 
 
 def _curves(result: FitResult) -> dict:
@@ -184,6 +219,8 @@ class ProductDecision:
     confidence: list[float | None]  # softmax over the product's tags of the chosen tag
     cost: np.ndarray  # (readable images, tags) mean cost over the bag
     baseline_tags: list[str | None] = field(default_factory=list)
+    # calibrated probability that every image is right (0 with an unreadable image: it stays untagged)
+    product_confidence: float = 0.0
 
 
 def predict_pairing(
@@ -194,7 +231,7 @@ def predict_pairing(
     inputs = model.inputs(pf.features, pf.groups)
     logits = model.member_logits(inputs)
     base_logits = model.baseline.logits(inputs) if (baseline and model.baseline is not None) else None
-    scale = LISTWISE_TEMPERATURE if model.config.loss == "bce" else 1.0
+    scale = model.cost_temperature
     out: list[ProductDecision] = []
     for product, rows in zip(pf.products, pf.rows, strict=True):
         readable = [r for r in rows if r is not None]
@@ -202,6 +239,7 @@ def predict_pairing(
         conf: list[float | None] = [None] * len(rows)
         base: list[str | None] = [None] * len(rows)
         cost = np.zeros((0, len(product.optional_tags)))
+        sure = 0.0
         if readable:
             choice, cost = model.decide([z[readable] for z in logits], product.optional_tags,
                                         assign_mode, combine_mode)
@@ -214,7 +252,9 @@ def predict_pairing(
                 conf[i] = float(prob[j, choice[j]])
                 if base_choice is not None:
                     base[i] = product.optional_tags[base_choice[j]]
-        out.append(ProductDecision(product.product_id, tags, conf, cost, base))
+            if len(readable) == len(rows):
+                sure = model.product_confidence(cost, choice, assign_mode, combine_mode)
+        out.append(ProductDecision(product.product_id, tags, conf, cost, base, sure))
     return out
 
 

@@ -5,6 +5,10 @@ every mismatch (missing product or image, unknown image, tag outside ``optional_
 in a :class:`ProblemLog` and scores such images as wrong, so a bad prediction file can
 lower the score but never silently raise it. Named baselines (e.g. the paper's
 single-class colour baseline) are scored the same way, for a side-by-side comparison.
+Given the per-product confidences that predict writes beside its output
+(:func:`confidence_path`), the report also says how good the most confident products are
+(scores at 50/70/90/100 % coverage, the risk-coverage curve) and how well calibrated the
+confidences are.
 
 :func:`write_report` writes the report as JSON plus a PNG (:func:`emit.plots.plot_pairing_report`),
 both atomically;
@@ -14,27 +18,44 @@ both atomically;
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from emit.config import versions
 from emit.data.products import Product, brief, read_truth
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
-from emit.metrics import confused_pairs, pairing_scores
+from emit.metrics import (
+    calibration_error,
+    confused_pairs,
+    coverage_scores,
+    exact_matches,
+    pairing_scores,
+    risk_coverage_curve,
+)
 from emit.plots import PLOT_LABEL, per_size, plot_pairing_report
 from emit.problems import EmitError, ProblemLog
 
 log = logging.getLogger("emit")
 
 Predictions = str | os.PathLike[str] | Mapping[str, Any]
+Confidences = str | os.PathLike[str] | Mapping[str, float]
 
 REPORT_NAME = "pairing_report"  # file stem used when write_report is given a folder
 TOP_CONFUSIONS = 20  # kept in the JSON; the plot shows the first emit.plots.PLOT_CONFUSIONS
 _SURROGATE = re.compile("[\ud800-\udfff]")  # from a broken \\uXXXX escape
 SCORE_KEYS = ("accuracy", "exact_match", "images", "correct", "products", "exact", "per_size")
+
+
+def confidence_path(pred_path: str | os.PathLike[str]) -> Path:
+    """Where predict writes the per-product confidences, beside final_json.json
+    (``final_json.confidence.json``: ``{product_id: P(all its images are tagged right)}``)."""
+    p = Path(pred_path)
+    return p.with_name(p.stem + ".confidence.json")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -47,6 +68,7 @@ def evaluate_pairing(
     *,
     name: str = "method",
     problems: ProblemLog | None = None,
+    confidence: Confidences | None = None,
 ) -> dict[str, Any]:
     """Score predictions against the true tags; return a JSON-ready report dict.
 
@@ -59,7 +81,15 @@ def evaluate_pairing(
     The report holds the method's ``accuracy``, ``exact_match``, counts, ``per_size`` and
     ``missing_products`` (see :func:`emit.metrics.pairing_scores`), ``confused_pairs``,
     ``baselines`` (same scores per name), ``problems`` and the versions that made it.
-    Raises :class:`EmitError` if the truth has no known tag at all.
+
+    ``confidence`` is ``{product_id: probability that all its images are right}``, or the
+    path of such a JSON file (:func:`confidence_path`). With it the report gains
+    ``confidence``: ``{"source", "products_without_confidence", "coverage"
+    (:func:`emit.metrics.coverage_scores`), "calibration" (:func:`emit.metrics.calibration_error`
+    against exact match), "risk_coverage" (:func:`emit.metrics.risk_coverage_curve`)}``. A bad
+    entry is a problem and skipped; a scored product without a confidence is a problem and
+    ranks as confidence 0 (least confident).
+    Raises :class:`EmitError` if the truth has no known tag at all, or a file is unusable.
     """
     problems = problems if problems is not None else ProblemLog()
     if not isinstance(truth, Mapping):
@@ -84,6 +114,8 @@ def evaluate_pairing(
         "confused_pairs": [list(c) for c in confused_pairs(aligned, true_tags, TOP_CONFUSIONS)],
         "baselines": {},
     }
+    if confidence is not None:
+        report["confidence"] = _confidence_report(confidence, aligned, true_tags, problems)
     for bname, bpred in (baselines or {}).items():
         bsource, baligned = _load_aligned(bpred, truth, f"baseline {bname}", problems)
         bscores = pairing_scores(baligned, true_tags)
@@ -95,6 +127,64 @@ def evaluate_pairing(
     report["problems"] = problems.to_json()
     report["versions"] = versions()
     return report
+
+
+def _confidence_report(
+    confidence: Confidences, aligned: Mapping[str, list[str | None]],
+    true_tags: Mapping[str, list[str | None]], problems: ProblemLog,
+) -> dict[str, Any]:
+    """The report's ``confidence`` section: coverage, calibration and risk-coverage curve."""
+    source, values = _load_confidence(confidence, problems)
+    outcome = exact_matches(aligned, true_tags)  # the scored products, each exactly right or not
+    missing = sorted(pid for pid in outcome if pid not in values)
+    if missing:  # one problem, not one per product, like the extra products of the predictions
+        problems.add(source, f"{len(missing)} product(s)",
+                     f"no confidence (e.g. {', '.join(brief(pid) for pid in missing[:5])}); "
+                     "ranked least confident (confidence 0)",
+                     "give a confidence for every predicted product (predict writes them all)")
+    # only the scored products: a predicted-but-unscored product has nothing to be right about
+    scored = {pid: values.get(pid, 0.0) for pid in outcome}
+    return {
+        "source": source,
+        "products_without_confidence": len(missing),
+        "coverage": coverage_scores(scored, aligned, true_tags),
+        "calibration": calibration_error(list(scored.values()), list(outcome.values())),
+        "risk_coverage": risk_coverage_curve(scored, aligned, true_tags),
+    }
+
+
+def _load_confidence(confidence: Confidences, problems: ProblemLog) -> tuple[str, dict[str, float]]:
+    """``(source, {product_id: confidence})``; entries that are not a number in [0, 1] are
+    reported and left out."""
+    if isinstance(confidence, Mapping):
+        source, data = "confidence", confidence
+    else:
+        source = str(confidence)
+        data = read_json(confidence)  # unreadable or malformed file: EmitError naming it
+        if not isinstance(data, dict):
+            raise EmitError(f"{source}: expected an object {{product_id: confidence}}, "
+                            f"got {type(data).__name__}; write predict's .confidence.json")
+    values: dict[str, float] = {}
+    for pid, value in data.items():
+        p = _probability(value)
+        if p is None:
+            problems.add(source, brief(str(pid)), f"confidence {brief(value)} is not a number "
+                         "in [0, 1]; skipped", "write a probability between 0 and 1")
+            continue
+        values[str(pid)] = p
+    return source, values
+
+
+def _probability(value: Any) -> float | None:
+    """``value`` as a float in [0, 1], or None if it is not one."""
+    # bool is an int to Python, and JSON allows NaN and Infinity: none is a probability
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        p = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return p if math.isfinite(p) and 0.0 <= p <= 1.0 else None
 
 
 def _load_aligned(
@@ -237,6 +327,24 @@ def write_report(report: Mapping[str, Any], out_dir_or_prefix: str | os.PathLike
     return json_path, png_path
 
 
+def _format_confidence(conf: Mapping[str, Any], pct: Callable[[float | None], str]) -> list[str]:
+    """Lines for a report's ``confidence`` section: one per coverage level, then calibration."""
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = []
+    for row in conf.get("coverage", []):
+        least = row.get("min_confidence")
+        lines.append(f"  most confident {100 * row['coverage']:3g}%: {row.get('products', 0)} "
+                     f"products  Acc {pct(row.get('accuracy'))}  EM {pct(row.get('exact_match'))}"
+                     + ("" if least is None else f"  (confidence >= {least:.2f})"))
+    cal = conf.get("calibration", {})
+    lines.append(f"  calibration: ECE {num(cal.get('ece'))}, Brier {num(cal.get('brier'))}, "
+                 f"AURC {num(conf.get('risk_coverage', {}).get('aurc'))}")
+    return lines
+
+
 def format_report(report: Mapping[str, Any], *, confusions: int = 5) -> str:
     """A short text summary of a report (from :func:`evaluate_pairing` or its JSON)."""
 
@@ -260,6 +368,9 @@ def format_report(report: Mapping[str, Any], *, confusions: int = 5) -> str:
     if pairs:
         lines.append("  top confusions: " + "; ".join(
             f"{brief(t, PLOT_LABEL)} -> {brief(p, PLOT_LABEL)} x{n}" for t, p, n in pairs))
+    conf = report.get("confidence")
+    if conf:
+        lines += _format_confidence(conf, pct)
     missing = list(report.get("missing_products", []))
     if missing:
         lines.append(f"  missing products: {len(missing)} (e.g. {', '.join(missing[:5])})")

@@ -21,8 +21,16 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from emit.data.products import read_products
-from emit.pairing.jobs import assignment_used, baseline_path, load_pairing_model, write_predictions
+from emit.pairing.jobs import (
+    assignment_used,
+    baseline_path,
+    check_review_below,
+    load_pairing_model,
+    write_predictions,
+)
 from emit.pairing.pipeline import ProductDecision, predict_products
+from emit.pairing.report import confidence_path
+from emit.pairing.review_queue import review_path
 from emit.problems import EmitError, ProblemLog
 from emit.scale.ray_engine import actor_device, actor_options, ray_session, require_ray
 from emit.vision.features import default_cache_dir
@@ -68,13 +76,14 @@ def predict_job_ray(model_dir: str | os.PathLike[str], data: str | os.PathLike[s
                     cache_dir: str | os.PathLike[str] | None = None, assign: str | None = None,
                     combine: str | None = None, progress: bool = True, device: str = "cpu",
                     workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-                    products_per_batch: int = 64) -> dict[str, Any]:
+                    products_per_batch: int = 64, review_below: float | None = None) -> dict[str, Any]:
     """``emit pair predict --engine ray``: the summary of :func:`emit.pairing.jobs.predict_job`,
     with ``engine`` and ``workers`` added."""
     start = time.perf_counter()
     require_ray()
     if str(device).startswith("cuda") and not gpus_per_worker:
         raise EmitError(f"--device {device} with --engine ray needs --gpus-per-worker (e.g. 1)")
+    check_review_below(review_below)
     model, _ = load_pairing_model(model_dir)  # a wrong backbone is refused before Ray starts
     problems = ProblemLog()
     products, _ = read_products(data, image_root=image_root, problems=problems, keep_missing=True)
@@ -111,8 +120,11 @@ def predict_job_ray(model_dir: str | os.PathLike[str], data: str | os.PathLike[s
     for _, items_found in sorted(found, key=lambda f: f[0]):  # in product order, as a local run
         for item in items_found:
             problems.add(item["where"], item["record"], item["what"], item["fix"])
-    write_predictions(Path(out), products, decisions, problems)  # type: ignore[arg-type]
+    review = write_predictions(Path(out), products, decisions, problems,  # type: ignore[arg-type]
+                               review_below=review_below, data=data)
     return {"predictions": str(out), "baseline": str(baseline_path(out)),
+            "confidence": str(confidence_path(out)),
+            **({} if review is None else {"review": str(review_path(out)), "review_products": review}),
             "products": len(products), "images": sum(len(p.images) for p in products),
             "unassigned_images": sum(t is None for d in decisions if d for t in d.tags),
             "problems": len(problems), "assign": assignment_used(model, assign, combine),  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""Pairing review: load a batch of products (a folder under ``--products-root``, or an upload),
-see the proposed tags, correct them, and export the batch's ``final_json.json``.
+"""Pairing review: load a batch of products (a folder under ``--products-root``, an upload, or a
+review queue written by ``emit pair predict --review-below``), see the proposed tags, correct
+them, and export the batch's ``final_json.json``.
 
 A batch lives in memory (the newest ``max_batches``) under a random id; its images are served
 by product id and position only. Exports are written with the library's atomic
@@ -18,19 +19,22 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Annotated, Any
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from emit.data.products import PROFILE, Product, read_products, write_final_json
-from emit.files import OutsideRoot, open_read
+from emit.files import OutsideRoot, open_read, within
 from emit.pairing.pipeline import ProductDecision
+from emit.pairing.review_queue import SUFFIX as QUEUE_SUFFIX
+from emit.pairing.review_queue import ReviewQueue, read_review_queue
 from emit.problems import EmitError, ProblemLog
 from emit.serve.errors import ApiError, ErrorBody, not_configured
 from emit.serve.pair_api import AssignField, PairResponse, decision_json
@@ -42,6 +46,9 @@ log = logging.getLogger("emit.serve")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody}
                                            for code in (400, 403, 404, 413, 415, 422)}
 MAX_LISTED_FOLDERS = 500
+MAX_SCANNED_FOLDERS = 2000  # folders a listing of review queues looks into, at most
+QUEUE_DEPTH = 3  # review queues are listed down to <root>/a/b/<name>.review.json
+QUEUE_ASSIGN = "as predicted (review queue)"  # the rule is not recorded in the queue
 EXPORT_NAME = "final_json.json"
 NAME_MAX = 255  # bytes in one file or folder name, on every common file system
 MAX_LABEL_BYTES = 100  # an export folder's name
@@ -58,6 +65,8 @@ class Batch:
     problems: list[dict[str, str]]
     temp: Path | None = None  # uploaded images, removed with the batch
     exported: Path | None = None
+    confidence: dict[str, float] = field(default_factory=dict)  # per product, from a review queue
+    queue: dict[str, Any] | None = None  # the review queue the batch was opened from
     by_id: dict[str, Product] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,11 +106,13 @@ class BatchStore:
 # ---- folders under the products root ------------------------------------------------------
 
 
-def resolve_folder(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that is not a folder inside ``root``."""
+def _resolve_inside(root: Path, relative: str, what: str, example: str,
+                    is_kind: Callable[[Path], bool]) -> Path:
+    """``root / relative`` resolved, refusing anything that is not a ``what`` (folder, file) inside
+    ``root``: absolute paths, '..', drive letters, and symbolic links that lead out."""
     text = relative.strip().replace("\\", "/")
     if not text or "\x00" in text:
-        raise ApiError(422, "bad_folder", "name a folder under the products root, e.g. 'batch1'")
+        raise ApiError(422, f"bad_{what}", f"name a {what} under the products root, e.g. {example!r}")
     parts = PurePosixPath(text).parts
     if PurePosixPath(text).is_absolute() or PureWindowsPath(relative).drive or ".." in parts:
         raise ApiError(403, "outside_products_root", f"{relative!r} is not inside the products root; give a "
@@ -109,22 +120,32 @@ def resolve_folder(root: Path, relative: str) -> Path:
     try:
         sizes = [len(os.fsencode(part)) for part in parts]
     except UnicodeError:  # a lone surrogate (JSON allows "\ud800"): no file name can hold it
-        raise ApiError(422, "bad_folder", f"{relative[:60]!r} is not valid text for a folder name") from None
+        raise ApiError(422, f"bad_{what}", f"{relative[:60]!r} is not valid text for a {what} name") from None
     if max(sizes, default=0) > NAME_MAX:
-        raise ApiError(422, "bad_folder", f"{relative[:60]!r}...: a folder name is {max(sizes)} bytes long; "
-                       f"file systems allow {NAME_MAX}, so no folder under the products root has it")
+        raise ApiError(422, f"bad_{what}", f"{relative[:60]!r}...: a {what} name is {max(sizes)} bytes "
+                       f"long; file systems allow {NAME_MAX}, so no {what} under the products root has it")
     base = root.resolve()
     try:
         target = (base / text).resolve()
         if not target.is_relative_to(base):  # a symbolic link that leads out
             raise ApiError(403, "outside_products_root", f"{relative!r} leads outside the products root")
-        found = target.is_dir()
-    except OSError as exc:  # e.g. a loop of links, or a path too long for the system
-        raise ApiError(404, "no_such_folder", f"no folder {relative[:60]!r} under the products root "
-                       f"({exc.strerror or exc})") from exc
+        found = is_kind(target)
+    except (OSError, RuntimeError) as exc:  # a path too long; a loop of links (RuntimeError before 3.13)
+        raise ApiError(404, f"no_such_{what}", f"no {what} {relative[:60]!r} under the products root "
+                       f"({getattr(exc, 'strerror', None) or exc})") from exc
     if not found:
-        raise ApiError(404, "no_such_folder", f"no folder {relative!r} under the products root")
+        raise ApiError(404, f"no_such_{what}", f"no {what} {relative!r} under the products root")
     return target
+
+
+def resolve_folder(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that is not a folder inside ``root``."""
+    return _resolve_inside(root, relative, "folder", "batch1", Path.is_dir)
+
+
+def resolve_file(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that is not a file inside ``root``."""
+    return _resolve_inside(root, relative, "file", f"out/final_json{QUEUE_SUFFIX}", Path.is_file)
 
 
 def list_folders(root: Path) -> list[str]:
@@ -153,6 +174,45 @@ def list_folders(root: Path) -> list[str]:
     return found
 
 
+def list_queues(root: Path) -> list[str]:
+    """Review queues (``*.review.json``) up to QUEUE_DEPTH levels under ``root``, relative to it.
+
+    Bounded: at most MAX_LISTED_FOLDERS files and MAX_SCANNED_FOLDERS folders looked into, and
+    product folders (those with a profile) are not looked into, since they hold only images."""
+    base = root.resolve()
+    found: list[str] = []
+    level, scanned = [base], 0
+    for _ in range(QUEUE_DEPTH):
+        deeper: list[Path] = []
+        for folder in level:
+            if scanned >= MAX_SCANNED_FOLDERS:
+                return found
+            scanned += 1
+            try:
+                if not folder.resolve().is_relative_to(base):  # a link out of the root: not openable
+                    continue
+                with os.scandir(folder) as listing:  # the entry types come with the listing
+                    entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+            except (OSError, RuntimeError):  # RuntimeError: a loop of links, before Python 3.13
+                continue
+            if any(e.name == PROFILE for e in entries):
+                continue
+            for entry in entries:
+                try:
+                    if entry.name.endswith(QUEUE_SUFFIX) and entry.is_file():
+                        path = Path(entry.path)
+                        if path.resolve().is_relative_to(base):
+                            found.append(path.relative_to(base).as_posix())
+                            if len(found) >= MAX_LISTED_FOLDERS:
+                                return found
+                    elif entry.is_dir():
+                        deeper.append(Path(entry.path))
+                except (OSError, RuntimeError):  # a loop of links, a name too long: not listed
+                    continue
+        level = deeper
+    return found
+
+
 def _label(text: str) -> str:
     """A file-system-safe name for the export folder, of at most MAX_LABEL_BYTES bytes."""
     label = re.sub(r"[^\w.-]+", "_", text.replace("/", "__")).strip("._") or "root"
@@ -162,6 +222,11 @@ def _label(text: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     head = label.encode("utf-8")[:MAX_LABEL_BYTES - 13].decode("utf-8", "ignore")
     return f"{head}-{digest}"
+
+
+def _of_products(record: str, wanted: set[str]) -> bool:
+    """Whether a problem's record ("<pid>" or "<pid> image x.jpg") is about one of ``wanted``."""
+    return record in wanted or any(record[:k] in wanted for k, c in enumerate(record) if c == " ")
 
 
 def _relative_problems(problems: ProblemLog, root: Path) -> list[dict[str, str]]:
@@ -189,6 +254,13 @@ class LoadFolder(BaseModel):
                                     "the products root")
 
 
+class OpenQueue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(min_length=1, max_length=1000, examples=[f"out/final_json{QUEUE_SUFFIX}"],
+                      description="a review queue written by emit pair predict --review-below, relative to "
+                                  "the products root")
+
+
 class ExportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tags: dict[str, list[str | None]] = Field(
@@ -206,6 +278,15 @@ class ReviewImage(BaseModel):
 
 class ReviewProduct(PairResponse):
     images: list[ReviewImage]  # type: ignore[assignment]
+    confidence: float | None = Field(None, description="the probability that all the product's images are "
+                                     "right, from a review queue; null for other batches")
+
+
+class QueueInfo(BaseModel):
+    file: str = Field(description="the review queue, relative to the products root")
+    data: str = Field(description="the products it lists, relative to the products root")
+    threshold: float = Field(description="the queue lists the products whose confidence is below this")
+    listed: int = Field(description="products in the queue; those not found are in the batch's problems")
 
 
 class BatchView(BaseModel):
@@ -217,6 +298,7 @@ class BatchView(BaseModel):
     problems: list[dict[str, str]]
     export_path: str | None
     download_url: str | None
+    queue: QueueInfo | None = None
 
 
 class ExportResult(BaseModel):
@@ -233,6 +315,11 @@ class FolderList(BaseModel):
     folders: list[str]
 
 
+class QueueList(BaseModel):
+    root: str | None
+    queues: list[str] = Field(description=f"*{QUEUE_SUFFIX} files under the products root, relative to it")
+
+
 def review_router(service: PairingService | None, limits: Limits, workdir: Path, products_root: Path | None,
                   export_dir: Path) -> APIRouter:
     router = APIRouter(prefix="/review", tags=["review"], responses=ERRORS)
@@ -247,6 +334,9 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
         products = []
         for product in batch.products:
             item = decision_json(product, batch.decisions[product.product_id], batch.assign)
+            item["confidence"] = batch.confidence.get(product.product_id)
+            if not item["cost"]:  # a queue's proposals come without costs: no rows then
+                item["cost_rows"] = []
             for k, image in enumerate(item["images"]):
                 image.update(index=k, image_url=f"/review/batches/{batch.batch_id}/images/"
                                                 f"{quote(product.product_id, safe='')}/{k}")
@@ -255,7 +345,8 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
         return {"batch_id": batch.batch_id, "label": batch.label, "source": batch.source,
                 "assign": batch.assign, "products": products, "problems": batch.problems,
                 "export_path": str(batch.exported) if exported else None,
-                "download_url": f"/review/batches/{batch.batch_id}/{EXPORT_NAME}" if exported else None}
+                "download_url": f"/review/batches/{batch.batch_id}/{EXPORT_NAME}" if exported else None,
+                "queue": batch.queue}
 
     def decide(products: list[Product], problems: ProblemLog, label: str, source: str,
                assign: AssignField | None, temp: Path | None, root: Path | None) -> dict[str, Any]:
@@ -272,6 +363,12 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
         if products_root is None:
             return {"root": None, "folders": []}
         return {"root": str(products_root), "folders": list_folders(products_root)}
+
+    @router.get("/queues", response_model=QueueList, summary="Review queues the review can open")
+    def queues() -> dict[str, Any]:
+        if products_root is None:
+            return {"root": None, "queues": []}
+        return {"root": str(products_root), "queues": list_queues(products_root)}
 
     @router.post("/load", response_model=BatchView, summary="Load a folder of products and propose tags")
     def load(body: LoadFolder, assign: AssignField | None = None) -> dict[str, Any]:
@@ -302,6 +399,50 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
                            _relative_problems(problems, products_root)[:50])
         rel = target.relative_to(products_root.resolve()).as_posix()
         return decide(products, problems, _label(rel), f"folder:{rel}", assign, None, products_root)
+
+    @router.post("/queue", response_model=BatchView,
+                 summary="Open a review queue (emit pair predict --review-below): least confident first")
+    def open_queue(body: OpenQueue) -> dict[str, Any]:
+        """The queue's products with the tags the prediction gave them (not predicted again: the
+        model may have changed since), least confident first. No pairing model is needed."""
+        if products_root is None:
+            raise not_configured("products root", "--products-root DIR")
+        target = resolve_file(products_root, body.file)
+        base = products_root.resolve()
+        rel = target.relative_to(base).as_posix()
+        if not target.name.endswith(QUEUE_SUFFIX):
+            raise ApiError(422, "bad_file", f"{body.file!r} is not a review queue; give a *{QUEUE_SUFFIX} "
+                           "file written by emit pair predict --review-below")
+        queue = _read_queue(target, body.file, products_root)
+        data = _queue_data(queue, body.file, base)
+        if len(queue.products) > limits.max_products:
+            raise ApiError(413, "too_many_products", f"{body.file!r} lists {len(queue.products)} products; "
+                           f"this server reviews at most {limits.max_products} at once; write a shorter "
+                           "queue with a lower --review-below")
+        if not queue.products:
+            raise ApiError(422, "empty_queue", f"{body.file!r} lists no products: every product was at least "
+                           f"{queue.threshold:.0%} sure to be right, so there is nothing to review")
+        problems = ProblemLog(echo=False)
+        try:  # confined: every profile and image is read inside the products root only
+            products, _ = read_products(data, problems=problems, confine_to=products_root)
+        except EmitError as exc:
+            raise ApiError(422, "no_products", f"{body.file!r}: its data {_shown(data, base)}: "
+                           f"{_shown_text(str(exc), data, base)}") from exc
+        wanted = {e.product_id for e in queue.products}
+        # the data may hold many more products than the queue: only its products' problems count
+        problems.items = [p for p in problems.items if _of_products(p.record, wanted)]
+        found, decisions = _queued_decisions(queue, products, data, problems)
+        if not found:
+            raise ApiError(422, "no_products", f"none of the {len(queue.products)} products of {body.file!r} "
+                           f"could be read from its data {_shown(data, base)}; predict again",
+                           _relative_problems(problems, products_root)[:50])
+        info = {"file": rel, "data": _shown(data, base), "threshold": queue.threshold,
+                "listed": len(queue.products)}
+        batch = Batch(uuid.uuid4().hex, _label(rel.removesuffix(".json")), f"queue:{rel}", found, decisions,
+                      QUEUE_ASSIGN, _relative_problems(problems, products_root),
+                      confidence={e.product_id: e.confidence for e in queue.products}, queue=info)
+        store.add(batch)
+        return view(batch)
 
     @router.post("/upload", response_model=BatchView, summary="Upload one product's images and tags")
     def upload(images: Annotated[list[UploadFile], File(description="the product's images")],
@@ -394,6 +535,88 @@ def review_router(service: PairingService | None, limits: Limits, workdir: Path,
         return FileResponse(batch.exported, media_type="application/json", filename=EXPORT_NAME)
 
     return router
+
+
+# ---- review queues ------------------------------------------------------------------------
+
+
+def _shown(path: Path, base: Path) -> str:
+    """``path`` relative to the products root where it is inside it (as written, links unresolved)."""
+    for root in (base, base.absolute()):
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix() or "."
+    return str(path)
+
+
+def _shown_text(message: str, path: Path, base: Path) -> str:
+    return message.replace(str(path), _shown(path, base))
+
+
+def _read_queue(target: Path, given: str, root: Path) -> ReviewQueue:
+    try:  # read inside the root only, checked on the opened file (a link swapped meanwhile is caught)
+        return read_review_queue(within(target, root))
+    except EmitError as exc:
+        if isinstance(exc, OutsideRoot) or isinstance(exc.__cause__, OutsideRoot):
+            raise ApiError(403, "outside_products_root",
+                           f"{given!r} leads outside the products root") from exc
+        raise ApiError(422, "bad_queue", str(exc).replace(str(target), given)) from exc
+
+
+def _queue_data(queue: ReviewQueue, given: str, base: Path) -> Path:
+    """The folder (or combined file) the queue's products were predicted from; inside the root."""
+    data = queue.data
+    move = ("move the data under the products root (or start emit serve with a --products-root that "
+            "holds it), then write the queue again: emit pair predict MODEL DATA --out OUT/final_json.json "
+            "--review-below P")
+    try:
+        real = data.resolve()
+        inside = real.is_relative_to(base)
+        exists = real.exists()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links, before Python 3.13
+        raise ApiError(404, "no_such_folder", f"{given!r}: its data {data} cannot be read "
+                       f"({getattr(exc, 'strerror', None) or exc}); {move}") from exc
+    if not inside:  # as written, or through a link: where a link leads is not said
+        raise ApiError(403, "outside_products_root", f"{given!r}: its data {data} is not inside the "
+                       f"products root, so this server does not read it; {move}")
+    if not exists:
+        raise ApiError(404, "no_such_folder", f"{given!r}: its data {_shown(data, base)} is gone from the "
+                       "products root; restore it, or predict again and open the new queue")
+    return data
+
+
+def _queued_decisions(queue: ReviewQueue, products: list[Product], data: Path,
+                      problems: ProblemLog) -> tuple[list[Product], dict[str, ProductDecision]]:
+    """The queue's products that were read, in the queue's order, each with the queue's tags as
+    its proposal. A product that is gone, or whose images changed since the prediction, is
+    reported in ``problems`` and left out; a tag that is no longer an option is left empty."""
+    by_id = {p.product_id: p for p in products}
+    found: list[Product] = []
+    decisions: dict[str, ProductDecision] = {}
+    for entry in queue.products:
+        pid = entry.product_id
+        product = by_id.get(pid)
+        if product is None:
+            problems.add(data, pid, "listed in the review queue but not read from its data (gone, or "
+                         "skipped: see the other problems); not loaded",
+                         "restore the product, or predict again and open the new queue")
+            continue
+        if len(entry.tags) != len(product.images):
+            problems.add(product.source or data, pid, f"the review queue has {len(entry.tags)} tags, but the "
+                         f"product now lists {len(product.images)} images: it changed since the prediction; "
+                         "not loaded", "predict again and open the new queue, or load its folder")
+            continue
+        tags: list[str | None] = []
+        for name, tag in zip(product.images, entry.tags, strict=True):
+            if tag is not None and tag not in product.optional_tags:
+                problems.add(product.source or data, f"{pid} image {name}", f"the queue's tag {tag!r} is no "
+                             "longer one of the product's option tags; left empty", "choose its tag here")
+                tag = None
+            tags.append(tag)
+        # the queue holds no costs nor per-image confidences: the product's confidence is shown
+        no_cost = np.zeros((0, len(product.optional_tags)))
+        decisions[pid] = ProductDecision(pid, tags, [None] * len(tags), no_cost)
+        found.append(product)
+    return found, decisions
 
 
 def _read_chunks(fh: IO[bytes], size: int, chunk: int = 1 << 16) -> Iterator[bytes]:

@@ -1,5 +1,7 @@
 // Pairing review: load a batch, see each image's proposed tag and confidence, change a tag with
 // one click on its chip, and export the batch's final_json.json (written by the server).
+// A batch is a folder of products, an upload, or a review queue (emit pair predict --review-below):
+// /review?queue=<file under the products root> opens a queue on load, least confident first.
 "use strict";
 
 const DOUBTFUL = 0.5;  // proposals less sure than this are highlighted
@@ -11,10 +13,18 @@ function percent(confidence) {
   return confidence === null ? "unreadable" : `${Math.round(confidence * 100)}%`;
 }
 
+function imageConfidence(image) {
+  // a queue's proposals have a confidence per product only: an image without one is unreadable
+  // only if it has no tag either
+  if (image.confidence === null && image.tag !== null) return "";
+  return percent(image.confidence);
+}
+
 function imageCard(product, image) {
   const pid = product.product_id;
   const tag = chosen[pid][image.index];
   const changed = tag !== image.tag;
+  const shown = imageConfidence(image);
   const classes = ["card", "image-card"];
   if (changed) classes.push("changed");
   if (image.confidence !== null && image.confidence < DOUBTFUL) classes.push("doubtful");
@@ -30,15 +40,23 @@ function imageCard(product, image) {
     apiImage(image.image_url, {alt: image.name, loading: "lazy"}),
     el("div", {class: "meta"},
       el("span", {class: "name"}, image.name),
-      el("span", {class: "proposal"}, "proposed: ", image.tag === null ? "—" : image.tag, " · ",
-        el("span", {class: "confidence"}, percent(image.confidence)),
+      el("span", {class: "proposal"}, "proposed: ", image.tag === null ? "—" : image.tag,
+        shown ? [" · ", el("span", {class: "confidence"}, shown)] : null,
         changed ? el("strong", {}, " · changed") : null)),
     el("div", {class: "chips"}, chips));
 }
 
+function productConfidence(product) {
+  // from a review queue: the probability that all the product's images are right
+  if (product.confidence === null || product.confidence === undefined) return null;
+  const low = product.confidence < DOUBTFUL;
+  return el("span", {class: "product-confidence" + (low ? " low" : ""),
+    title: "probability that all its images are right, as predicted"}, `${percent(product.confidence)} sure`);
+}
+
 function productSection(product) {
   return el("section", {class: "product", dataset: {product: product.product_id}},
-    el("h3", {}, product.product_id,
+    el("h3", {}, product.product_id, productConfidence(product),
       el("span", {class: "muted"}, `${product.images.length} images · ${product.tags.length} tags · ${product.assign}`)),
     el("div", {class: "grid"}, product.images.map((image) => imageCard(product, image))));
 }
@@ -66,8 +84,11 @@ function renderSummary() {
   const images = batch.products.reduce((n, p) => n + p.images.length, 0);
   let state = "";
   if (saved !== null) state = unsaved() ? " · changed since the last export: export again" : " · exported";
+  const queue = batch.queue
+    ? ` · review queue: ${batch.queue.listed} products below ${percent(batch.queue.threshold)}, least confident first`
+    : "";
   document.getElementById("batch-summary").textContent =
-    `${batch.products.length} products · ${images} images · ${changedCount()} changed · assignment: ${batch.assign}${state}`;
+    `${batch.products.length} products · ${images} images · ${changedCount()} changed · assignment: ${batch.assign}${queue}${state}`;
 }
 
 function renderBatch() {
@@ -105,7 +126,22 @@ function start(view) {
   chosen = proposed();
   saved = null;
   renderBatch();
+  rememberQueue(batch.queue ? batch.queue.file : null);
   setStatus(`Loaded ${batch.label}. Click a tag to change it, then export.`, "ok");
+}
+
+function rememberQueue(file) {
+  // the address names the open queue, so a reload or a shared link opens it again
+  const url = new URL(window.location.href);
+  if (file) url.searchParams.set("queue", file);
+  else url.searchParams.delete("queue");
+  history.replaceState(null, "", url.pathname + url.search + url.hash);
+}
+
+async function openQueue(file) {
+  if (!mayReplaceBatch()) return;
+  const view = await act(`Opening the review queue ${file}…`, () => postJson("/review/queue", {file}));
+  if (view) start(view);
 }
 
 async function act(message, request) {
@@ -127,6 +163,12 @@ document.getElementById("folder-form").addEventListener("submit", async (event) 
   if (!mayReplaceBatch()) return;
   const view = await act(`Loading ${folder} and proposing tags…`, () => postJson("/review/load", {folder}));
   if (view) start(view);
+});
+
+document.getElementById("queue-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = document.getElementById("queue").value;
+  if (file) await openQueue(file);
 });
 
 document.getElementById("upload-form").addEventListener("submit", async (event) => {
@@ -177,6 +219,24 @@ async function listFolders() {
   } catch (e) { /* the upload form still works */ }
 }
 
+async function listQueues() {
+  try {
+    const found = await api("/review/queues");
+    const select = document.getElementById("queue");
+    const wanted = new URL(window.location.href).searchParams.get("queue");
+    const names = wanted && !found.queues.includes(wanted) ? [wanted, ...found.queues] : found.queues;
+    select.append(...names.map((f) => el("option", {value: f}, f)));
+    if (wanted) select.value = wanted;
+    document.getElementById("queue-form").hidden = found.root === null || names.length === 0;
+  } catch (e) { /* folders and uploads still work */ }
+}
+
+function queueFromAddress() {
+  // /review?queue=out/final_json.review.json opens that queue as the page loads
+  const file = new URL(window.location.href).searchParams.get("queue");
+  if (file) openQueue(file);
+}
+
 window.addEventListener("beforeunload", (event) => {
   if (unsaved()) event.preventDefault();  // the browser asks before the changes are lost
 });
@@ -185,3 +245,5 @@ showService().then((health) => {
   if (health && !health.pairing) setStatus("This server has no pairing model: start emit serve with --pairing-model MODEL.", "error");
 });
 listFolders();
+listQueues();
+queueFromAddress();

@@ -1,0 +1,215 @@
+"""Choose pairing's default on both development sets at once (not part of the tests).
+
+Every row is cross-validated on ../shared/data/fashion-pairing (options differ by colour) and
+../shared/data/fashion-pairing-mixed (by garment and colour). A product's fold is the hash
+that `emit.split` uses (seed 0) cut into fifths, as in benchmarks/pairing_cv.py, so fold 0 is
+the validation split of the other pairing benchmarks. Each fold trains on the other four with
+the library (`train_pairing`, `predict_pairing`) and is scored with the exact assignment:
+
+* Acc (per image) and EM (per product);
+* EM of the most confident 70 % of products, and the expected calibration error of the
+  product confidences (`emit.metrics`);
+* the colour baseline (the paper's single-class colour labels) on the same features.
+
+A default is chosen by the mean over both sets, never by one. Features come from emit's cache;
+a composite row joins the parts' cached features, which equals the composite backbone's
+output. `--extra FILE` (from benchmarks/pairing_extra_catalogue.py) adds labelled catalogue
+photos to every fold's training data, as `emit pair train --extra` does.
+
+    python benchmarks/pairing_extra_catalogue.py --out /tmp/emit-extra/catalogue.jsonl
+    python benchmarks/pairing_defaults.py --cache-dir /tmp/emit-bench-cache \
+        --extra /tmp/emit-extra/catalogue.jsonl
+    # -> results/pairing_defaults.jsonl (one line per row, set and fold) and results/pairing_defaults.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+SETS = {"colour": "fashion-pairing/train", "mixed": "fashion-pairing-mixed/train"}
+FOLDS = 5
+
+# name -> (backbone parts, mirror TTA, PairingConfig overrides, uses --extra)
+ROWS: dict[str, tuple[list[str], bool, dict, bool]] = {
+    "colour-hist": (["colour-hist"], False, {}, False),
+    "lite0": (["efficientnet-lite0"], False, {}, False),
+    "lite0+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {}, False),
+    "lite0+colour-hist tta": (["efficientnet-lite0", "colour-hist"], True, {}, False),
+    "lite0+colour-hist +extra": (["efficientnet-lite0", "colour-hist"], False, {}, True),
+    "colour-hist +extra": (["colour-hist"], False, {}, True),
+    "lite0-pca32+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 32}, False),
+    "lite0-pca64+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 64}, False),
+    "lite0-pca128+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 128}, False),
+    "lite0-pca64+colour-hist +extra": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 64}, True),
+}
+
+
+def pca_first_part(train, test, width: int, dims: int):
+    """Replace the first ``width`` columns (the CNN part) by ``dims`` principal components fitted
+    on the training rows only."""
+    from emit.pairing.pipeline import ProductFeatures
+
+    x = train.features[:, :width]
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    basis = vt[:dims].T
+
+    def apply(pf):
+        reduced = (pf.features[:, :width] - mean) @ basis
+        return ProductFeatures(pf.products, np.concatenate([reduced, pf.features[:, width:]], axis=1)
+                               .astype(np.float32), pf.groups, pf.rows)
+
+    return apply(train), apply(test)
+
+
+def fold_of(product_id: str) -> int:
+    from emit.split import hash_fraction
+
+    return min(int(hash_fraction(product_id, 0) * FOLDS), FOLDS - 1)
+
+
+def joined_features(products, parts: list[str], tta: bool, cache_dir: Path):
+    """ProductFeatures of the composite, from each part's cache (same rows for every part)."""
+    from emit.pairing.pipeline import ProductFeatures, extract_product_features
+    from emit.problems import ProblemLog
+    from emit.vision.backbones import create_backbone
+
+    pfs = [extract_product_features(products, create_backbone(p), cache_dir=cache_dir, hflip_tta=tta,
+                                    problems=ProblemLog(echo=False), progress=False) for p in parts]
+    assert all(pf.rows == pfs[0].rows for pf in pfs)
+    return ProductFeatures(list(products), np.concatenate([pf.features for pf in pfs], axis=1),
+                           pfs[0].groups, pfs[0].rows)
+
+
+def subset(pf, keep: list[int]):
+    """The ProductFeatures of products ``keep`` (indices into pf.products), rows renumbered."""
+    from emit.pairing.pipeline import ProductFeatures
+
+    rows, take = [], []
+    for k in keep:
+        slot = []
+        for r in pf.rows[k]:
+            slot.append(None if r is None else len(take))
+            if r is not None:
+                take.append(r)
+        rows.append(slot)
+    groups = np.repeat(np.arange(len(keep)), [sum(r is not None for r in pf.rows[k]) for k in keep])
+    return ProductFeatures([pf.products[k] for k in keep], pf.features[take], groups, rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/emit/features")
+    ap.add_argument("--extra", type=Path, default=None, help="JSON lines for the +extra rows")
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    ap.add_argument("--sets", default="colour,mixed")
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "pairing_defaults")
+    args = ap.parse_args()
+
+    import torch
+
+    from emit.config import PairingConfig, to_dict
+    from emit.data.extra_images import read_extra_images
+    from emit.data.products import read_products
+    from emit.metrics import calibration_error, coverage_scores, exact_matches, pairing_scores
+    from emit.pairing.pipeline import predict_pairing, train_pairing
+    from emit.problems import ProblemLog
+    from emit.vision.backbones import create_backbone
+
+    torch.set_num_threads(2)
+    results = args.out.with_suffix(".jsonl")
+    done = set()
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["row"], r["set"], r["fold"]))
+    extra = read_extra_images(args.extra, ProblemLog()) if args.extra else []
+    for name in args.rows.split(","):
+        parts, tta, overrides, uses_extra = ROWS[name]
+        if uses_extra and not extra:
+            raise SystemExit(f"row {name!r} needs --extra")
+        pca = overrides.get("_pca")
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("_")}
+        config = replace(PairingConfig(backbone="+".join(parts), hflip_tta=tta), **overrides)
+        backbone = create_backbone(config.backbone)
+        for set_name in args.sets.split(","):
+            products, _ = read_products(args.data / SETS[set_name], problems=ProblemLog(echo=False))
+            more = extra if uses_extra else []
+            pf = joined_features(products + more, parts, tta, args.cache_dir)
+            for k in map(int, args.folds.split(",")):
+                if (name, set_name, k) in done:
+                    continue
+                start = time.perf_counter()
+                test = [i for i, p in enumerate(products) if fold_of(p.product_id) == k]
+                train = [i for i, p in enumerate(products) if fold_of(p.product_id) != k]
+                train += list(range(len(products), len(products) + len(more)))
+                train_pf, test_pf = subset(pf, train), subset(pf, test)
+                if pca:
+                    width = create_backbone(parts[0]).dim
+                    train_pf, test_pf = pca_first_part(train_pf, test_pf, width, pca)
+                model = train_pairing([products[i] for i in train if i < len(products)], config,
+                                      backbone=backbone, features=train_pf, progress=False, extra=more)
+                seconds = time.perf_counter() - start
+                decisions = predict_pairing(model, test_pf)
+                truth = {products[i].product_id: products[i].tags for i in test}
+                pred = {d.product_id: d.tags for d in decisions}
+                conf = {d.product_id: d.product_confidence for d in decisions}
+                s = pairing_scores(pred, truth)
+                b = pairing_scores({d.product_id: d.baseline_tags for d in decisions}, truth)
+                cov = {c["coverage"]: c for c in coverage_scores(conf, pred, truth)}
+                right = exact_matches(pred, truth)
+                cal = calibration_error([conf[p] for p in right], [right[p] for p in right])
+                row = {"row": name, "set": set_name, "fold": k, "products": len(test),
+                       "acc": round(s["accuracy"], 4), "em": round(s["exact_match"], 4),
+                       "em70": round(cov[0.7]["exact_match"], 4), "acc70": round(cov[0.7]["accuracy"], 4),
+                       "ece": round(cal["ece"], 4), "baseline_acc": round(b["accuracy"], 4),
+                       "baseline_em": round(b["exact_match"], 4),
+                       "calibration": model.calibration.to_json() if model.calibration else None,
+                       "train_s": round(seconds, 1), "config": to_dict(config), "pca": pca,
+                       "extra_images": sum(len(p.images) for p in more)}
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+                with results.open("a") as fh:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_table(results, args.out.with_suffix(".md"))
+
+
+def write_table(results: Path, out: Path) -> None:
+    from emit.files import atomic_write_text
+
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    names = list(dict.fromkeys(r["row"] for r in rows))
+    keys = ("acc", "em", "em70", "ece", "baseline_acc", "baseline_em")
+    lines = ["| row | folds | colour Acc | colour EM | colour EM@70% | colour ECE | mixed Acc | mixed EM | "
+             "mixed EM@70% | mixed ECE | mean Acc | mean EM | colour baseline Acc / EM | "
+             "mixed baseline Acc / EM |", "|" + "---|" * 15]
+    for name in names:
+        mean = {}
+        folds = {}
+        for set_name in SETS:
+            got = [r for r in rows if r["row"] == name and r["set"] == set_name]
+            folds[set_name] = len(got)
+            for key in keys:
+                mean[set_name, key] = statistics.mean(r[key] for r in got) if got else float("nan")
+        both = {key: (mean["colour", key] + mean["mixed", key]) / 2 for key in ("acc", "em")}
+        lines.append(
+            f"| {name} | {folds['colour']}+{folds['mixed']} | "
+            + " | ".join(f"{mean[s, k]:.3f}" for s in SETS for k in ("acc", "em", "em70", "ece"))
+            + f" | {both['acc']:.3f} | {both['em']:.3f} | "
+            + " | ".join(f"{mean[s, 'baseline_acc']:.3f} / {mean[s, 'baseline_em']:.3f}" for s in SETS)
+            + " |")
+    atomic_write_text(out, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
