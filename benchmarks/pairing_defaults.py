@@ -13,12 +13,14 @@ the library (`train_pairing`, `predict_pairing`) and is scored with the exact as
 
 A default is chosen by the mean over both sets, never by one. Features come from emit's cache;
 a composite row joins the parts' cached features, which equals the composite backbone's
-output. `--extra FILE` (from benchmarks/pairing_extra_catalogue.py) adds labelled catalogue
-photos to every fold's training data, as `emit pair train --extra` does.
+output. `--extra SET=FILE` (from benchmarks/pairing_extra_catalogue.py, leaving out that set's
+own photos) adds labelled catalogue photos to every fold's training data in the +catalogue
+rows, as `emit pair train --extra` does.
 
-    python benchmarks/pairing_extra_catalogue.py --out /tmp/emit-extra/catalogue.jsonl
+    python benchmarks/pairing_extra_catalogue.py --exclude fashion-pairing --out /tmp/x/colour.jsonl
+    python benchmarks/pairing_extra_catalogue.py --exclude fashion-pairing-mixed --out /tmp/x/mixed.jsonl
     python benchmarks/pairing_defaults.py --cache-dir /tmp/emit-bench-cache \
-        --extra /tmp/emit-extra/catalogue.jsonl
+        --extra colour=/tmp/x/colour.jsonl --extra mixed=/tmp/x/mixed.jsonl
     # -> results/pairing_defaults.jsonl (one line per row, set and fold) and results/pairing_defaults.md
 """
 
@@ -39,36 +41,18 @@ SETS = {"colour": "fashion-pairing/train", "mixed": "fashion-pairing-mixed/train
 FOLDS = 5
 
 # name -> (backbone parts, mirror TTA, PairingConfig overrides, uses --extra)
+L0C = ["efficientnet-lite0", "colour-hist"]
 ROWS: dict[str, tuple[list[str], bool, dict, bool]] = {
     "colour-hist": (["colour-hist"], False, {}, False),
-    "lite0": (["efficientnet-lite0"], False, {}, False),
-    "lite0+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {}, False),
-    "lite0+colour-hist tta": (["efficientnet-lite0", "colour-hist"], True, {}, False),
-    "lite0+colour-hist +extra": (["efficientnet-lite0", "colour-hist"], False, {}, True),
-    "colour-hist +extra": (["colour-hist"], False, {}, True),
-    "lite0-pca32+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 32}, False),
-    "lite0-pca64+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 64}, False),
-    "lite0-pca128+colour-hist": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 128}, False),
-    "lite0-pca64+colour-hist +extra": (["efficientnet-lite0", "colour-hist"], False, {"_pca": 64}, True),
+    "lite0+colour-hist": (L0C, False, {"cnn_components": 0}, False),
+    "lite0-pca32+colour-hist": (L0C, False, {"cnn_components": 32}, False),
+    "lite0-pca64+colour-hist": (L0C, False, {"cnn_components": 64}, False),
+    "lite0-pca128+colour-hist": (L0C, False, {"cnn_components": 128}, False),
+    "lite0-pca64+colour-hist tta": (L0C, True, {"cnn_components": 64}, False),
+    "colour-hist +catalogue": (["colour-hist"], False, {}, True),
+    "lite0+colour-hist +catalogue": (L0C, False, {"cnn_components": 0}, True),
+    "lite0-pca64+colour-hist +catalogue": (L0C, False, {"cnn_components": 64}, True),
 }
-
-
-def pca_first_part(train, test, width: int, dims: int):
-    """Replace the first ``width`` columns (the CNN part) by ``dims`` principal components fitted
-    on the training rows only."""
-    from emit.pairing.pipeline import ProductFeatures
-
-    x = train.features[:, :width]
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    basis = vt[:dims].T
-
-    def apply(pf):
-        reduced = (pf.features[:, :width] - mean) @ basis
-        return ProductFeatures(pf.products, np.concatenate([reduced, pf.features[:, width:]], axis=1)
-                               .astype(np.float32), pf.groups, pf.rows)
-
-    return apply(train), apply(test)
 
 
 def fold_of(product_id: str) -> int:
@@ -110,7 +94,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/emit/features")
-    ap.add_argument("--extra", type=Path, default=None, help="JSON lines for the +extra rows")
+    ap.add_argument("--extra", action="append", default=[], metavar="SET=FILE",
+                    help="JSON lines for the +catalogue rows of one set (from pairing_extra_catalogue.py "
+                         "with --exclude naming that set)")
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     ap.add_argument("--sets", default="colour,mixed")
     ap.add_argument("--folds", default="0,1,2,3,4")
@@ -134,18 +120,16 @@ def main() -> None:
         for line in results.read_text().splitlines():
             r = json.loads(line)
             done.add((r["row"], r["set"], r["fold"]))
-    extra = read_extra_images(args.extra, ProblemLog()) if args.extra else []
+    extra_files = dict(item.split("=", 1) for item in args.extra)
     for name in args.rows.split(","):
         parts, tta, overrides, uses_extra = ROWS[name]
-        if uses_extra and not extra:
-            raise SystemExit(f"row {name!r} needs --extra")
-        pca = overrides.get("_pca")
-        overrides = {k: v for k, v in overrides.items() if not k.startswith("_")}
         config = replace(PairingConfig(backbone="+".join(parts), hflip_tta=tta), **overrides)
         backbone = create_backbone(config.backbone)
         for set_name in args.sets.split(","):
             products, _ = read_products(args.data / SETS[set_name], problems=ProblemLog(echo=False))
-            more = extra if uses_extra else []
+            if uses_extra and set_name not in extra_files:
+                raise SystemExit(f"row {name!r} needs --extra {set_name}=FILE")
+            more = read_extra_images(extra_files[set_name], ProblemLog(echo=False)) if uses_extra else []
             pf = joined_features(products + more, parts, tta, args.cache_dir)
             for k in map(int, args.folds.split(",")):
                 if (name, set_name, k) in done:
@@ -155,9 +139,6 @@ def main() -> None:
                 train = [i for i, p in enumerate(products) if fold_of(p.product_id) != k]
                 train += list(range(len(products), len(products) + len(more)))
                 train_pf, test_pf = subset(pf, train), subset(pf, test)
-                if pca:
-                    width = create_backbone(parts[0]).dim
-                    train_pf, test_pf = pca_first_part(train_pf, test_pf, width, pca)
                 model = train_pairing([products[i] for i in train if i < len(products)], config,
                                       backbone=backbone, features=train_pf, progress=False, extra=more)
                 seconds = time.perf_counter() - start
@@ -176,7 +157,7 @@ def main() -> None:
                        "ece": round(cal["ece"], 4), "baseline_acc": round(b["accuracy"], 4),
                        "baseline_em": round(b["exact_match"], 4),
                        "calibration": model.calibration.to_json() if model.calibration else None,
-                       "train_s": round(seconds, 1), "config": to_dict(config), "pca": pca,
+                       "train_s": round(seconds, 1), "config": to_dict(config),
                        "extra_images": sum(len(p.images) for p in more)}
                 print(json.dumps(row, ensure_ascii=False), flush=True)
                 with results.open("a") as fh:

@@ -14,7 +14,7 @@ products of fashion-pairing-mixed do.
   (both by default; one set's file for that set's benchmark keeps the other set's photos).
 
     python benchmarks/pairing_extra_catalogue.py --out /tmp/emit-extra/catalogue.jsonl
-    python benchmarks/pairing_extra_catalogue.py --exclude fashion-pairing-mixed --out /tmp/emit-extra/for-mixed.jsonl
+    python benchmarks/pairing_extra_catalogue.py --exclude fashion-pairing-mixed --out /tmp/x/mixed.jsonl
 """
 
 from __future__ import annotations

@@ -113,7 +113,8 @@ def _products(n: int, seed: int) -> ProductFeatures:
     return ProductFeatures(products, np.stack(feats), np.asarray(groups), rows)
 
 
-STAND_IN = SimpleNamespace(identity={"name": "stand-in", "weights": "none"}, dim=DIM, name="stand-in")
+STAND_IN = SimpleNamespace(identity={"name": "stand-in", "weights": "none"}, dim=DIM, name="stand-in",
+                           segments=[("stand-in", 0, DIM)])
 
 
 @pytest.fixture(scope="module")

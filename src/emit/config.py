@@ -38,11 +38,16 @@ class PairingConfig:
     """Everything that decides a pairing model. The defaults are the tested CPU configuration."""
 
     # image side
-    # The foreground colour histogram alone beat frozen EfficientNet-Lite0 features and their
-    # concatenation on held-out products (docs/pairing.md); CNNs stay one flag away.
-    backbone: str = setting("colour-hist", "image backbone: " + BACKBONE_HELP, names="backbones")
+    # Chosen on both dev sets (docs/pairing.md): the colour histogram tells colours apart, and 64
+    # principal components of EfficientNet-Lite0 tell a T-shirt from trousers without the
+    # overfitting that its full 1,280 features brought on colour-only products.
+    backbone: str = setting("efficientnet-lite0+colour-hist", "image backbone: " + BACKBONE_HELP,
+                            names="backbones")
     weights: str | None = setting(None, "local checkpoint for the backbone (no download needed)")
     hflip_tta: bool = setting(False, "average features with the mirrored image (helps CNN backbones)")
+    cnn_components: int = setting(  # beyond the paper: raw CNN features overfit a few thousand photos
+        64, "principal components kept of each CNN part of the features, fitted on the training "
+        "images (0 = all)")
     # labels
     min_count: int = setting(5, "drop labels seen fewer times in the training tags")
     top_k: int = setting(64, "keep at most this many labels")
@@ -88,6 +93,7 @@ class PairingConfig:
             (self.lr > 0 and self.finetune_lr > 0, "lr and finetune_lr must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.cnn_components >= 0, "cnn_components must be >= 0"),
             (self.hidden >= 0 and self.min_count >= 1 and self.top_k >= 1,
              "hidden must be >= 0, min_count and top_k >= 1"),
             (self.patience >= 1 and self.finetune_epochs >= 0, "patience must be >= 1"),

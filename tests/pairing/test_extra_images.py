@@ -284,7 +284,8 @@ def test_calibration_is_fitted_on_the_primary_products_only(trained: dict, model
 
 COLOURS = ["黑色", "白色", "红色", "蓝色"]
 DIM = 8
-STAND_IN = SimpleNamespace(identity={"name": "stand-in"}, dim=DIM, name="stand-in")
+STAND_IN = SimpleNamespace(identity={"name": "stand-in"}, dim=DIM, name="stand-in",
+                           segments=[("stand-in", 0, DIM)])
 
 
 def _features(n: int, prefix: str) -> ProductFeatures:

@@ -44,7 +44,8 @@ def make_features(n_products: int, seed: int, *, labelled: bool = True) -> Produ
     return ProductFeatures(products, np.stack(feats), np.asarray(groups), rows)
 
 
-STAND_IN = SimpleNamespace(identity={"name": "stand-in", "weights": "none"}, dim=DIM, name="stand-in")
+STAND_IN = SimpleNamespace(identity={"name": "stand-in", "weights": "none"}, dim=DIM, name="stand-in",
+                           segments=[("stand-in", 0, DIM)])
 
 
 def small_config(**changes) -> PairingConfig:
@@ -190,3 +191,21 @@ def test_model_folder_is_plain_json(trained, tmp_path):
     assert meta["backbone"] == STAND_IN.identity
     assert len(meta["members"]) == 3 and meta["baseline"]["classes"] == COLOUR_CLASSES
     assert meta["config"]["bag_size"] == 3
+
+
+def test_a_projected_cnn_part_is_saved_and_used_the_same_way(tmp_path):
+    """A stand-in whose first 8 columns are a CNN's: the model keeps 4 principal components."""
+    pf = make_features(30, seed=1)
+    cnn = SimpleNamespace(identity={"name": "cnn"}, dim=DIM, name="cnn",
+                          segments=[("efficientnet-lite0", 0, 8), ("colour-hist", 8, DIM)])
+    model = train_pairing(pf.products, small_config(cnn_components=4), backbone=cnn,  # type: ignore[arg-type]
+                          features=pf, progress=False)
+    assert model.projection is not None and model.projection.out_dim == 4 + (DIM - 8)
+    assert all(m.head.in_dim == 2 * (4 + DIM - 8) for m in model.members)
+    model.save(tmp_path / "m")
+    again = PairingModel.load(tmp_path / "m")
+    assert again.projection is not None
+    ours, theirs = predict_pairing(model, pf), predict_pairing(again, pf)
+    for d1, d2 in zip(ours, theirs, strict=True):
+        assert d1.tags == d2.tags and d1.product_confidence == d2.product_confidence
+        np.testing.assert_array_equal(d1.cost, d2.cost)

@@ -25,7 +25,8 @@ from emit.problems import EmitError
 COLOURS = ["黑色", "白色", "红色", "蓝色", "绿色", "黄色"]
 DIM = 10
 PROTOS = np.random.default_rng(0).normal(0, 1, (len(COLOURS), DIM)).astype(np.float32) * 2
-STAND_IN = SimpleNamespace(identity={"name": "stand-in"}, dim=DIM, name="stand-in")
+STAND_IN = SimpleNamespace(identity={"name": "stand-in"}, dim=DIM, name="stand-in",
+                           segments=[("stand-in", 0, DIM)])
 
 
 

@@ -31,6 +31,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from serve_helpers import API_TOKEN, Built, png_bytes, settings_for
 
+from emit.pairing.review_queue import build_review_queue, write_review_queue
 from emit.serve.app import create_app
 from emit.serve.services import Services
 
@@ -53,10 +54,11 @@ class Known:
     products: dict[str, list[str]]  # product id -> its images
     tags: dict[str, list[str]]  # product id -> its option tags
     rows: int
+    queue: str  # a review queue under the products root
 
 
 @pytest.fixture(scope="module")
-def known(fuzzed_app: FastAPI) -> Known:
+def known(fuzzed_app: FastAPI, built: Built) -> Iterator[Known]:
     with TestClient(fuzzed_app, headers=AUTH) as client:
         folders = client.get("/review/folders").json()["folders"]
         batch = client.post("/review/load", json={"folder": "batch1"}).json()
@@ -64,8 +66,14 @@ def known(fuzzed_app: FastAPI) -> Known:
         rows = client.get("/info").json()["search"]["images"]["count"]
     products = {p["product_id"]: [i["name"] for i in p["images"]] for p in batch["products"]}
     one = next(iter(products))
-    return Known([*folders, f"batch2/{sorted(products)[0]}", f"batch1/{one}"], batch["batch_id"], products,
-                 {p["product_id"]: p["tags"] for p in batch["products"]}, rows)
+    # a review queue of batch1's products, so opening one gets past its first checks; removed after
+    queue = built.products_root / "fuzz.review.json"
+    tags = {p["product_id"]: [i["tag"] for i in p["images"]] for p in batch["products"]}
+    write_review_queue(queue, build_review_queue(1.0, built.products_root / "batch1",
+                                                 built.root / "final.json", dict.fromkeys(tags, 0.5), tags))
+    yield Known([*folders, f"batch2/{sorted(products)[0]}", f"batch1/{one}"], batch["batch_id"], products,
+                {p["product_id"]: p["tags"] for p in batch["products"]}, rows, queue.name)
+    queue.unlink()
 
 
 def with_known(case, known: Known, pick: int) -> None:
@@ -88,6 +96,8 @@ def with_known(case, known: Known, pick: int) -> None:
         return
     if "folder" in body:
         body["folder"] = known.folders[pick % len(known.folders)]
+    if "file" in body:
+        body["file"] = known.queue
     if "tags" in body and isinstance(body["tags"], dict) and pick % 2:  # an export with valid tags
         tags = known.tags[pid]
         body["tags"] = {pid: [tags[(pick + k) % len(tags)] for k, _ in enumerate(known.products[pid])]}

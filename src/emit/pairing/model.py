@@ -23,6 +23,7 @@ from emit.pairing.assign import AssignMode, assign
 from emit.pairing.confidence import Calibration, assignment_margin
 from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode, combine
+from emit.pairing.projection import FeatureProjection
 from emit.pairing.tagger import LISTWISE_TEMPERATURE, TaggerHead, restrict_labels, with_product_context
 from emit.problems import EmitError
 from emit.text.colours import COLOUR_CLASSES, colour_index
@@ -70,9 +71,12 @@ class PairingModel:
     # None: saved by an emit that did not calibrate; confidences then use Calibration()'s defaults
     calibration: Calibration | None = None
     extra_sources: list[dict[str, Any]] = field(default_factory=list)  # --extra data, for the record
+    projection: FeatureProjection | None = None  # principal components of the CNN part, if any
 
     # ---- features -> costs -------------------------------------------------------------
     def inputs(self, features: np.ndarray, groups: Sequence[int] | np.ndarray) -> np.ndarray:
+        if self.projection is not None:
+            features = self.projection.apply(features)
         return head_inputs(self.config, features, groups)
 
     def member_logits(self, inputs: np.ndarray) -> list[np.ndarray]:
@@ -126,6 +130,8 @@ class PairingModel:
         if self.baseline is not None:
             for name, value in self.baseline.state_dict().items():
                 tensors[f"baseline.{name}"] = value.contiguous()
+        if self.projection is not None:
+            tensors.update(self.projection.tensors())
         atomic_write_safetensors(folder / WEIGHTS_FILE, tensors)
         self.vocab.save(folder / VOCAB_FILE)
         meta = {
@@ -144,6 +150,7 @@ class PairingModel:
                 "classes": COLOUR_CLASSES},
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "extra": self.extra_sources,
+            "projection": None if self.projection is None else self.projection.meta(),
         }
         atomic_write_json(folder / MODEL_FILE, meta)
 
@@ -159,6 +166,8 @@ class PairingModel:
         if meta.get("format") != FORMAT_VERSION:
             raise EmitError(f"{folder / MODEL_FILE}: model format {meta.get('format')} is not "
                             f"{FORMAT_VERSION}; retrain with this version of emit")
+        if "cnn_components" not in meta["config"]:  # saved before projections: raw features
+            meta["config"]["cnn_components"] = 0
         config = from_dict(PairingConfig, meta["config"])
         vocab = LabelVocab.load(folder / VOCAB_FILE)
         try:
@@ -184,10 +193,16 @@ class PairingModel:
         ]
         b = meta.get("baseline")
         baseline = None if b is None else head("baseline.", b["in_dim"], len(b["classes"]), b["hidden"])
+        try:
+            projection = (None if meta.get("projection") is None
+                          else FeatureProjection.load(meta["projection"], tensors))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EmitError(f"{folder}: the feature projection in {MODEL_FILE} does not match "
+                            f"{WEIGHTS_FILE} ({exc}); retrain") from exc
         cal = meta.get("calibration")
         try:
             calibration = None if cal is None else Calibration.from_json(cal)
         except (KeyError, TypeError, ValueError) as exc:
             raise EmitError(f"{folder / MODEL_FILE}: bad calibration entry ({exc}); retrain") from exc
         return cls(config, vocab, members, baseline, meta["backbone"], meta["feature_dim"], calibration,
-                   list(meta.get("extra", [])))
+                   list(meta.get("extra", [])), projection)

@@ -19,6 +19,7 @@ from emit.pairing.confidence import Calibration, assignment_margin, fit_calibrat
 from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
+from emit.pairing.projection import fit_projection
 from emit.pairing.tagger import FitResult, LabelledImages, fit_head
 from emit.problems import EmitError, ProblemLog
 from emit.split import in_validation
@@ -148,7 +149,9 @@ def train_pairing(
     pf = features or extract_product_features(products, backbone, cache_dir=cache_dir,
                                               hflip_tta=config.hflip_tta, problems=problems,
                                               progress=progress, device=device)
-    inputs = head_inputs(config, pf.features, pf.groups)
+    projection = fit_projection(pf.features, backbone.segments, config.cnn_components)
+    features = projection.apply(pf.features) if projection is not None else pf.features
+    inputs = head_inputs(config, features, pf.groups)
     data, pids = labelled_rows(pf, inputs, vocab.encode_many)
 
     members: list[Member] = []
@@ -171,7 +174,8 @@ def train_pairing(
     baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
     baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
                     data_fraction=1.0, device=device).head
-    model = PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim)
+    model = PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim,
+                         projection=projection)
     model.calibration = calibrate(model, pf, inputs, primary)
     log.info("confidence calibration: slope %.3f, intercept %.3f, on %d held-out products",
              model.calibration.slope, model.calibration.intercept, model.calibration.products)

@@ -136,6 +136,12 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_learned_backbone(name: str) -> bool:
+    """Whether a (non-composite) backbone name is a learned network, not a hand-made feature."""
+    entry = _REGISTRY.get(name)
+    return entry.uses_weights if entry is not None else True  # timm:<name> and the like
+
+
 def _known_names() -> str:
     return ", ".join(list_backbones()) + ", timm:<timm model name>, or parts joined with '+'"
 
