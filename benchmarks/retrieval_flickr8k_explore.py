@@ -21,6 +21,19 @@ printed as well, with and without the hubness correction (bank: the fitting imag
 
 The first run embeds the 30,000 captions with each sentence model into --cache-dir (e5 is the
 slow one: many minutes on one thread). --seeds 0,1,2 averages the seeds' cosine scores (an ensemble).
+
+Languages (--lang): ``en`` the English captions (Flickr8k.token.txt); ``zh`` the Chinese ones of
+the same 6,000 images (Flickr8k-CN.token.txt, 5 each, written by native speakers), cached as
+flickr8k-cn-captions-<model>.npy; ``both`` one model trained on both together. The image split is
+the same for every language. Each language is scored on its own captions only (text -> image: its
+captions are the queries; image -> text: its captions are the only candidates), with and without
+the correction; the bank's texts are that language's fitting texts ("test_hubness"; with ``both``
+also "test_hubness_mixed_bank": the texts of both). With ``both`` the epoch is picked by the mean
+of the two languages' validation scores. "test_dedup" counts identical captions as one text
+(evaluate_embeddings' ``texts``): short Chinese captions repeat across images.
+
+    python benchmarks/retrieval_flickr8k_explore.py --cache-dir /tmp/exp/rcache --lang both --text e5 \\
+        --lr 5e-4 --cosine --epochs 6 --out benchmarks/results/retrieval_flickr8k_lang.jsonl
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ import argparse
 import hashlib
 import json
 import math
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,35 +53,79 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 BACKBONE = "efficientnet-lite0+efficientnet-lite2"
 BANK_BETA = 10.0
+LANGS = ("en", "zh")
+CN_TOKENS = "Flickr8k-CN.token.txt"  # beside Flickr8k.token.txt
+CACHE_PREFIX = {"en": "flickr8k-captions", "zh": "flickr8k-cn-captions"}
 
 
-def load(cache_dir: Path, text: str) -> dict[str, Any]:
+def chinese_captions(keys: list[str]) -> tuple[list[str], np.ndarray]:
+    """The Chinese captions of the bench's images (emit's Flickr8k reader, the same split file)
+    and each one's image row in ``keys``."""
+    from emit.data.captions import read_flickr8k
+    from retrieval_flickr8k import DATA
+
+    caps, problems = read_flickr8k(DATA / CN_TOKENS, DATA / "Flickr_8k.trainImages.txt")
+    if len(problems):
+        print(f"{CN_TOKENS}: {len(problems)} problems\n{problems.summary()}", flush=True)
+    index = {k: j for j, k in enumerate(keys)}
+    missing = sorted({c.image.name for c in caps} - index.keys())
+    if missing:
+        raise SystemExit(f"{CN_TOKENS}: {len(missing)} images not in the bench, e.g. {missing[:3]}")
+    return [c.text for c in caps], np.array([index[c.image.name] for c in caps], dtype=np.int64)
+
+
+def embeddings(cache_dir: Path, lang: str, name: str, texts: list[str]) -> np.ndarray:
+    """The frozen sentence model ``name``'s embeddings of ``texts`` (one language's captions),
+    cached as <prefix>-<name>.npy in ``cache_dir``."""
+    from emit.retrieval.encoders.sentence import SENTENCE_MODELS
+
+    path = cache_dir / f"{CACHE_PREFIX[lang]}-{name}.npy"
+    if not path.is_file():
+        model, parts, start = SENTENCE_MODELS[name](), [], time.perf_counter()
+        for i in range(0, len(texts), 256):
+            parts.append(model(texts[i:i + 256]).numpy())
+            if i // 256 % 10 == 9:
+                print(f"{name} {lang}: {i + 256}/{len(texts)} captions, {time.perf_counter() - start:.0f} s",
+                      flush=True)
+        np.save(path, np.concatenate(parts).astype(np.float32))
+    emb = np.load(path)
+    if emb.shape[0] != len(texts):
+        raise SystemExit(f"{path}: {emb.shape[0]} rows for {len(texts)} captions; delete it")
+    return emb
+
+
+def load(cache_dir: Path, text: str, lang: str = "en") -> dict[str, Any]:
     """Image features, caption rows, the test mask and the frozen text embeddings (as the
-    encoder ``text`` computes them), each sentence model's cached as .npy."""
+    encoder ``text`` computes them), each sentence model's cached as .npy; the captions of
+    ``lang`` (en, zh or both: English then Chinese), each caption's language in ``lang``."""
     import torch
 
-    from emit.retrieval.encoders.sentence import SENTENCE_MODELS, join_sentence_features
+    from emit.retrieval.encoders.sentence import join_sentence_features
     from retrieval_flickr8k import load as load_bench
 
     bench = load_bench(cache_dir, BACKBONE)
     task = bench.tasks["titles"]
-    parts = []
-    for name in text.split("+"):
-        path = cache_dir / f"flickr8k-captions-{name}.npy"
-        if not path.is_file():
-            model = SENTENCE_MODELS[name]()
-            emb = np.concatenate([model(task.texts[i:i + 256]).numpy()
-                                  for i in range(0, len(task.texts), 256)])
-            np.save(path, emb.astype(np.float32))
-        parts.append(torch.from_numpy(np.load(path)))
-    return {"x": bench.features, "rows": task.rows, "is_test": bench.is_test, "texts": task.texts,
-            "keys": bench.keys, "emb": join_sentence_features(parts).numpy()}
+    captions = {"en": (list(task.texts), np.asarray(task.rows))}
+    if lang != "en":
+        captions["zh"] = chinese_captions(bench.keys)
+    langs = LANGS if lang == "both" else (lang,)
+    if lang == "both" and set(captions["en"][0]) & set(captions["zh"][0]):
+        raise SystemExit("an English caption is also a Chinese one; the text cache would mix them")
+    texts = [t for g in langs for t in captions[g][0]]
+    parts = [torch.from_numpy(np.concatenate([embeddings(cache_dir, g, name, captions[g][0]) for g in langs]))
+             for name in text.split("+")]
+    return {"x": bench.features, "rows": np.concatenate([captions[g][1] for g in langs]),
+            "is_test": bench.is_test, "texts": texts, "keys": bench.keys,
+            "lang": np.array([g for g in langs for _ in captions[g][0]]),
+            "emb": join_sentence_features(parts).numpy()}
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--text", default="minilm", help="minilm, e5 or minilm+e5")
+    ap.add_argument("--lang", default="en", choices=("en", "zh", "both"),
+                    help="the captions: English, Chinese (Flickr8k-CN) or both in one model")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--dim", type=int, default=0, help="shared space width (0: the image dimension)")
@@ -85,16 +144,17 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def recalls(text: np.ndarray, image: np.ndarray, caption_image: np.ndarray, bank: Any = None
-            ) -> dict[str, float]:
+def recalls(text: np.ndarray, image: np.ndarray, caption_image: np.ndarray, bank: Any = None,
+            texts: list[str] | None = None) -> dict[str, float]:
     """R@1/5/10 in both directions (``t``: text -> image, ``i``: image -> text) from emit's
-    evaluation, each caption its own query; with ``bank``, hubness-corrected both ways."""
+    evaluation, each caption its own query (with ``texts``, identical captions count as one);
+    with ``bank``, hubness-corrected both ways."""
     from emit.retrieval.evaluate import evaluate_embeddings
     from emit.retrieval.hubness import biases
 
     text_bias, image_bias = biases(text, image, bank, "both" if bank is not None else "none", beta=BANK_BETA,
                                    metric="ip")
-    report = evaluate_embeddings(text, image, caption_image, metric="ip", ks=(1, 5, 10),
+    report = evaluate_embeddings(text, image, caption_image, metric="ip", ks=(1, 5, 10), texts=texts,
                                  text_bias=text_bias, image_bias=image_bias)
     return {f"{side}{k}": round(float(report[direction][f"R@{k}"]), 1)
             for k in (1, 5, 10) for side, direction in (("t", "text_to_image"), ("i", "image_to_text"))}
@@ -116,8 +176,12 @@ def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> d
     from emit.retrieval.train import TrainState, new_state, prepare_tasks, train_one_epoch, training_features
 
     torch.set_num_threads(a.threads)
-    d = data if data is not None else load(a.cache_dir, a.text)
+    d = data if data is not None else load(a.cache_dir, a.text, a.lang)
     x, rows, texts = np.asarray(d["x"], dtype=np.float32), np.asarray(d["rows"]), list(d["texts"])
+    cap_lang = np.asarray(d["lang"]) if "lang" in d else np.full(len(texts), a.lang)
+    langs = [g for g in LANGS if (cap_lang == g).any()]
+    if not langs:
+        raise SystemExit(f"no caption is in one of {LANGS}")
     train_img, test_img = np.flatnonzero(~d["is_test"]), np.flatnonzero(d["is_test"])
     frac = np.array([int(hashlib.sha256(f"val:{d['keys'][i]}".encode()).hexdigest()[:8], 16) / 2**32
                      for i in train_img])
@@ -128,6 +192,7 @@ def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> d
 
     fit, vcaps, tcaps = caps_of(fit_img), caps_of(val_img), caps_of(test_img)
     vlocal = np.searchsorted(val_img, rows[vcaps])
+    vlang, tlang = cap_lang[vcaps], cap_lang[tcaps]
     fit_pairs = {"titles": Pairs([texts[i] for i in fit], rows[fit])}
 
     def train(seed: int) -> tuple[RetrievalModel, int, list[float]]:
@@ -183,9 +248,9 @@ def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> d
                 for avg, m in zip(ema, modules, strict=True):
                     m.load_state_dict(avg)
             model = state.model()
-            val = recalls(model.text_vectors([texts[i] for i in vcaps]), model.image_vectors(x[val_img]),
-                          vlocal)
-            score = float(np.mean(list(val.values())))
+            vt, vi = model.text_vectors([texts[i] for i in vcaps]), model.image_vectors(x[val_img])
+            score = float(np.mean([np.mean(list(recalls(vt[vlang == g], vi, vlocal[vlang == g]).values()))
+                                   for g in langs]))  # with both languages, the mean of each's score
             history.append(round(score, 1))
             if score > best:
                 best, best_epoch = score, epoch + 1
@@ -201,25 +266,42 @@ def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> d
 
     start = time.perf_counter()
     tlocal = np.searchsorted(test_img, rows[tcaps])
+    bank_texts = {g: [texts[j] for j in fit if cap_lang[j] == g] for g in langs}
+    if len(langs) > 1:
+        bank_texts["mixed"] = [texts[j] for j in fit]
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
         model, best_epoch, history = train(seed)
-        bank = build_bank(model, x, fit_img, [texts[i] for i in fit])  # the fitting images and texts
+        # the fitting images and texts (one bank per language, as each is scored on its own)
+        banks = {g: build_bank(model, x, fit_img, bt) for g, bt in bank_texts.items()}
         runs.append((model.text_vectors([texts[i] for i in tcaps]), model.image_vectors(x[test_img]),
-                     bank, best_epoch, history))
+                     banks, best_epoch, history))
     k = len(runs)  # an ensemble: side-by-side unit vectors / sqrt(k) average the cosines
 
     def join(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, 1) / np.sqrt(k)
 
     t, i = join([r[0] for r in runs]), join([r[1] for r in runs])
-    bank = HubnessBank(join([r[2].images for r in runs]), join([r[2].texts for r in runs]),
-                       runs[0][2].model_sha256 if k == 1 else "ensemble")
+    banks = {g: HubnessBank(join([r[2][g].images for r in runs]), join([r[2][g].texts for r in runs]),
+                            runs[0][2][g].model_sha256 if k == 1 else "ensemble") for g in bank_texts}
+    by_lang: dict[str, dict[str, Any]] = {}
+    for g in langs:  # each language on its own captions: its queries, and i->t among its texts
+        m = tlang == g
+        scored = {"test": recalls(t[m], i, tlocal[m]), "test_hubness": recalls(t[m], i, tlocal[m], banks[g]),
+                  "test_dedup": recalls(t[m], i, tlocal[m], texts=[texts[j] for j in tcaps[m]]),
+                  "test_captions": int(m.sum())}
+        if "mixed" in banks:
+            scored["test_hubness_mixed_bank"] = recalls(t[m], i, tlocal[m], banks["mixed"])
+        by_lang[g] = scored
+    command = shlex.join(["python", "benchmarks/retrieval_flickr8k_explore.py",
+                          *(sys.argv[1:] if argv is None else argv)])
     result = {"settings": {k2: (str(v) if isinstance(v, Path) else v) for k2, v in vars(a).items()},
-              "loop": "emit.retrieval.train", "best_epochs": [r[3] for r in runs],
+              "command": command, "lang": a.lang, "loop": "emit.retrieval.train",
+              "best_epochs": [r[3] for r in runs],
               "validation": [r[4] for r in runs], "best_validation": [max(r[4]) for r in runs],
-              "test": recalls(t, i, tlocal), "test_hubness": recalls(t, i, tlocal, bank),
-              "seconds": round(time.perf_counter() - start, 1)}
+              **({"test": by_lang[langs[0]]["test"], "test_hubness": by_lang[langs[0]]["test_hubness"]}
+                 if len(langs) == 1 else {}),
+              "by_lang": by_lang, "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result), flush=True)
     with open(a.out, "a", encoding="utf-8") as fh:  # a log of variants, one JSON line each
         fh.write(json.dumps(result) + "\n")

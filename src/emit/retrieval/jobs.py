@@ -425,5 +425,9 @@ def search_job(index_dir: PathLike, text: str | None = None, *, image: PathLike 
     index built with texts). Scores: squared distance (l2, lower is nearer) or cosine (ip)."""
     check_query(text, image)  # before loading anything
     check_target(target)
-    searcher = IndexSearcher.open(index_dir, model, targets=[target], device=device)
+    # one query: a reduced-precision copy of the sentence model (0.1 s to make) would cost more
+    # than it saves, so float unless EMIT_QUERY_PRECISION asks otherwise
+    precision = None if os.environ.get("EMIT_QUERY_PRECISION") else "float"
+    searcher = IndexSearcher.open(index_dir, model, targets=[target], device=device,
+                                  query_precision=precision)
     return searcher.search(text, image=image, top=top, target=target, cache_dir=cache_dir)

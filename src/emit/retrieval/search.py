@@ -9,14 +9,25 @@ identities), optionally ``texts/``, an index of caption texts for image -> text 
 An index built from feature shards (``emit index build --from-features``) is opened
 memory-mapped and read-only (:mod:`emit.retrieval.ondisk`), so several server processes share
 one copy of it in the page cache.
+
+Text queries are made fast for interactive use, without changing what a search finds:
+
+* a sentence-model encoder runs MiniLM in the searcher's ``query_precision``
+  (:func:`emit.retrieval.encoders.sentence.resolve_query_precision`: bfloat16 by default where
+  the CPU computes it natively, else float; ``EMIT_QUERY_PRECISION=float`` turns it off);
+* each searcher keeps the vectors of its recent queries (:class:`QueryCache`, an LRU of
+  ``EMIT_QUERY_CACHE`` entries, default 4,096; 0 turns it off), keyed by the query as it is
+  encoded (:func:`normalise_query`), so a repeated query is not encoded again.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +38,8 @@ from emit.config import to_dict
 from emit.devices import resolve_device
 from emit.files import read_json
 from emit.problems import EmitError, ProblemLog
+from emit.retrieval.distances import normalise_rows
+from emit.retrieval.encoders.sentence import SentenceTextEncoder, resolve_query_precision
 from emit.retrieval.index import IDS_FILE, INDEX_FILE, LISTS_FILE, MANIFEST_FILE, SearchIndex, load_index
 from emit.retrieval.layout import MODEL_FILE
 from emit.retrieval.model import RetrievalModel, model_backbone
@@ -37,7 +50,78 @@ INDEX_MODEL_FILE = "retrieval_index.json"
 TEXTS_DIR = "texts"
 TARGETS = ("images", "texts")
 
+QUERY_CACHE_SIZE = 4096
+QUERY_CACHE_ENV = "EMIT_QUERY_CACHE"
+
 PathLike = str | os.PathLike[str]
+
+
+def normalise_query(text: str) -> str:
+    """A text query as it is encoded and cached: white space trimmed, each run of it one space.
+    MiniLM and the LSTM's tokenizer ignore such white space; e5 reads a trailing space as a
+    token of its own, which no caption it was trained with has (captions are trimmed on reading)."""
+    return " ".join(text.split())
+
+
+def resolve_query_cache_size(size: int | None = None) -> int:
+    """``size`` if given, else ``EMIT_QUERY_CACHE`` if set, else :data:`QUERY_CACHE_SIZE`."""
+    if size is None:
+        raw = os.environ.get(QUERY_CACHE_ENV, "").strip()
+        if not raw:
+            return QUERY_CACHE_SIZE
+        try:
+            size = int(raw)
+        except ValueError:
+            raise EmitError(f"{QUERY_CACHE_ENV}={raw!r} is not a whole number of queries; unset it, "
+                            f"or give e.g. {QUERY_CACHE_SIZE} (0 turns the cache off)") from None
+    if size < 0:
+        raise EmitError(f"the query cache size must be >= 0 (0 turns it off), got {size}")
+    return size
+
+
+class QueryCache:
+    """A bounded, thread-safe LRU from a query key to its (1, D) vector (``emit serve`` answers
+    requests on several threads). Values are stored read-only and handed out as copies, so no
+    caller can change another's result."""
+
+    def __init__(self, size: int = QUERY_CACHE_SIZE) -> None:
+        self.size = int(size)
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        with self._lock:
+            vec = self._items.get(key)
+            if vec is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+        return vec.copy()
+
+    def put(self, key: tuple[str, str], vec: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        stored = np.array(vec, dtype=np.float32, copy=True)
+        stored.flags.writeable = False
+        with self._lock:
+            self._items[key] = stored
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)  # the least recently used
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
 
 
 def index_manifest(folder: PathLike) -> dict[str, Any]:
@@ -80,7 +164,9 @@ class IndexSearcher:
     with ``--texts``, the text index.
 
     :meth:`query_vectors` runs the model and :meth:`rank` only FAISS, so a server can serialise
-    model calls while searches run in parallel; :meth:`search` does both.
+    model calls while searches run in parallel; :meth:`search` does both. A text query's vector
+    comes from the searcher's own :class:`QueryCache` if it was asked before; else MiniLM (if
+    the encoder has it) runs in ``query_precision`` (see the module docstring).
     """
 
     folder: Path
@@ -89,11 +175,23 @@ class IndexSearcher:
     model_folder: str = ""  # the model's folder, as given or as the index's pointer names it
     _backbone: Backbone | None = None
     device: str = "cpu"  # where image queries' features are extracted (emit.devices)
+    # 'float', 'bf16' or 'int8' (resolved once, so the cache never mixes two precisions)
+    query_precision: str = field(default_factory=resolve_query_precision)
+    # per searcher: another model or index never sees these vectors
+    query_cache: QueryCache = field(default_factory=lambda: QueryCache(resolve_query_cache_size()),
+                                    repr=False, compare=False)
+    # the tokenizer and the model are not safe to call from two threads at once
+    _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def open(cls, index_dir: PathLike, model: PathLike | None = None,
-             targets: Sequence[str] | None = None, device: str = "cpu") -> IndexSearcher:
-        """Load the model and the indexes of ``targets`` (default: images, and texts if built)."""
+             targets: Sequence[str] | None = None, device: str = "cpu", *,
+             query_precision: str | None = None, query_cache_size: int | None = None) -> IndexSearcher:
+        """Load the model and the indexes of ``targets`` (default: images, and texts if built).
+        ``query_precision`` ('auto', 'float', 'bf16', 'int8'; None: ``EMIT_QUERY_PRECISION``) and
+        ``query_cache_size`` (entries, 0 = off; None: ``EMIT_QUERY_CACHE``) are as the module says."""
+        precision = resolve_query_precision(query_precision)  # a bad value is said before any loading
+        cache = QueryCache(resolve_query_cache_size(query_cache_size))
         for target in targets or ():
             check_target(target)
         folder = Path(index_dir)
@@ -111,7 +209,8 @@ class IndexSearcher:
         indexes = {t: load_index(folder / TEXTS_DIR if t == "texts" else folder,
                                  expect_backbone=retrieval.backbone, expect_encoder=retrieval.identity())
                    for t in wanted}
-        return cls(folder, retrieval, indexes, model_folder, device=str(resolve_device(device)))
+        return cls(folder, retrieval, indexes, model_folder, device=str(resolve_device(device)),
+                   query_precision=precision, query_cache=cache)
 
     @property
     def backbone(self) -> Backbone:
@@ -135,7 +234,7 @@ class IndexSearcher:
         """The (1, D) query vector of a text, or of an image file (its features are cached)."""
         check_query(text, image)
         if text is not None:
-            return self.model.text_vectors([text])
+            return self.text_vector(text)
         problems = ProblemLog(echo=False)
         feats, ok = extract_features([Path(image)], self.backbone,  # type: ignore[arg-type]
                                      cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
@@ -143,6 +242,26 @@ class IndexSearcher:
         if not ok[0]:
             raise EmitError(problems.summary())
         return self.model.image_vectors(feats)
+
+    def text_vector(self, text: str) -> np.ndarray:
+        """The (1, D) vector of a text query (:func:`normalise_query`'s form of it): from the
+        query cache, or encoded (MiniLM in ``query_precision``) and remembered."""
+        key = (self.query_precision, normalise_query(text))
+        vec = self.query_cache.get(key)
+        if vec is not None:
+            return vec
+        with self._encode_lock:
+            vec = self._encode(key[1])
+        self.query_cache.put(key, vec)
+        return vec
+
+    def _encode(self, text: str) -> np.ndarray:
+        encoder = self.model.encoder
+        if not isinstance(encoder, SentenceTextEncoder):
+            return self.model.text_vectors([text])
+        out = encoder.embed_queries([text], precision=self.query_precision)
+        # as RetrievalModel.text_vectors does after encoder.embed
+        return normalise_rows(out) if self.model.metric == "ip" else out
 
     def rank(self, query: np.ndarray, top: int = 10, target: str = "images", query_kind: str = "text",
              *, rows: bool = False) -> dict[str, Any]:

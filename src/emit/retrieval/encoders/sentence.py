@@ -9,13 +9,25 @@
   best text side we measured on Flickr8k (docs/retrieval.md).
 
 The MLP's width and dropout are the configuration's ``mlp_hidden`` and ``mlp_dropout``.
+
+Search queries (:meth:`SentenceTextEncoder.embed_queries`, what
+:class:`emit.retrieval.search.IndexSearcher` calls) may run MiniLM in a lower precision
+(:func:`resolve_query_precision`): ``bf16``, the default where the CPU computes bfloat16
+natively (faster, and the same R@1 on Flickr8k), or ``int8``, its ``nn.Linear`` layers
+dynamically quantised (faster still, but it lost 1-2 points of R@1 on Flickr8k, so only on
+request); docs/retrieval.md has the numbers. Training, evaluation, index building and the
+frozen-embedding cache always use the float model, so trained models and caches are
+unaffected. e5 is 4-bit in its own engine already and runs as it is.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -28,12 +40,15 @@ from torch import nn
 from emit.hashing import file_sha256
 from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
-from emit.retrieval.encoders.base import DEFAULT_OUT_DIM, TextEncoder
+from emit.retrieval.encoders.base import DEFAULT_OUT_DIM, TextEncoder, check_texts
 from emit.retrieval.encoders.names import E5_PACKAGE, MINILM_PACKAGE
 from emit.retrieval.encoders.registry import register_text_encoder
 from emit.text.vectors import WordVectors
 
 MINILM_DIM = 384
+QUERY_PRECISIONS = ("auto", "float", "bf16", "int8")
+QUERY_PRECISION_ENV = "EMIT_QUERY_PRECISION"
+_COPY_LOCK = threading.Lock()  # a server's threads must not each make the same copy
 # the defaults of a sentence encoder's MLP are the configuration's: written once
 MLP_HIDDEN: int = RetrievalConfig.mlp_hidden
 MLP_DROPOUT: float = RetrievalConfig.mlp_dropout
@@ -92,19 +107,49 @@ class _FrozenSentenceModel:
         self.dim = int(self.model.config.hidden_size)
         weights = root / "model.safetensors"
         self.sha256 = file_sha256(weights) if weights.is_file() else "unknown"
+        self.precision = "float"  # 'bf16' or 'int8' on a query copy (in_precision)
+        self._copies: dict[str, _FrozenSentenceModel] = {}
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> torch.Tensor:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state
+        # a bf16 copy's output is pooled and normalised in float32, as the float model's is
+        hidden = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=1).float()
 
+    def in_precision(self, precision: str) -> _FrozenSentenceModel:
+        """This model for search queries in ``precision``: itself for 'float'; for 'bf16' a
+        copy in bfloat16, for 'int8' one with its ``nn.Linear`` layers dynamically quantised
+        (:func:`quantize_int8`). A copy is made once (0.1-0.3 s) and kept; it shares the tokenizer."""
+        if precision == "float" or self.precision != "float":
+            return self
+        if precision not in ("bf16", "int8"):
+            raise EmitError(f"unknown query precision {precision!r}; use float, bf16 or int8")
+        with _COPY_LOCK:
+            made = self._copies.get(precision)
+            if made is None:
+                if precision == "bf16":
+                    module = copy.deepcopy(self.model).to(torch.bfloat16)
+                else:
+                    try:
+                        module = quantize_int8(self.model)
+                    except (ImportError, AttributeError, RuntimeError, NotImplementedError) as exc:
+                        raise EmitError(f"this torch cannot quantise MiniLM to int8 ({type(exc).__name__}: "
+                                        f"{str(exc)[:200]}); set {QUERY_PRECISION_ENV}=bf16 or float"
+                                        ) from exc
+                made = copy.copy(self)  # shallow: the tokenizer and the settings are shared
+                made.model, made.precision, made._copies = module, precision, {}
+                self._copies[precision] = made
+        return made
+
     def identity(self) -> dict[str, Any]:
-        return {"package": f"{MINILM_PACKAGE} {self.version}", "weights_sha256": self.sha256,
-                "dim": self.dim, "pooling": "mean+l2"}
+        ident = {"package": f"{MINILM_PACKAGE} {self.version}", "weights_sha256": self.sha256,
+                 "dim": self.dim, "pooling": "mean+l2"}
+        # only a query copy says so; a trained encoder's identity is always the float model's
+        return ident if self.precision == "float" else {**ident, "precision": self.precision}
 
 
 class _E5SentenceModel:
@@ -174,6 +219,42 @@ def load_e5() -> _E5SentenceModel:
 SENTENCE_MODELS: dict[str, Callable[[], SentenceModel]] = {"minilm": load_minilm, "e5": load_e5}
 
 
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with its ``nn.Linear`` layers dynamically quantised to int8 (weights
+    int8 per tensor, activations quantised per call); the original is left as it is."""
+    from torch.ao.quantization import quantize_dynamic
+
+    # torch marks its eager-mode quantisation deprecated (in favour of torchao, not a
+    # dependency); it still works, and its warnings would only alarm someone running a search
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.(ao\.quantization|quantize_per_tensor)")
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Only there is a bf16
+    MiniLM faster than the float one; elsewhere torch may emulate bf16, more slowly."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # torch.cpu, private
+        probe = getattr(torch.cpu, name, None)
+        if probe is not None and probe():
+            return True
+    return False
+
+
+def resolve_query_precision(precision: str | None = None) -> str:
+    """The precision search queries run MiniLM in: 'float', 'bf16' or 'int8'. ``precision``
+    if given, else the ``EMIT_QUERY_PRECISION`` environment variable, else 'auto': 'bf16' where
+    :func:`native_bf16`, else 'float'. int8 is never chosen by itself: it loses R@1."""
+    raw = precision if precision is not None else os.environ.get(QUERY_PRECISION_ENV, "")
+    raw = raw.strip().lower() or "auto"
+    if raw not in QUERY_PRECISIONS:
+        where = f"{QUERY_PRECISION_ENV}={raw!r}" if precision is None else f"query precision {precision!r}"
+        raise EmitError(f"{where} is not one of {', '.join(QUERY_PRECISIONS)}")
+    if raw == "auto":
+        return "bf16" if native_bf16() else "float"
+    return raw
+
+
 def join_sentence_features(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Several models' unit embeddings ``(B, d_k)`` side by side, each divided by sqrt(k): the
     joined vector keeps unit length, and its cosine is the mean of the models' cosines."""
@@ -235,6 +316,34 @@ class SentenceTextEncoder(TextEncoder):
         return join_sentence_features(
             [torch.cat([m(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)])
              for m in self._models])
+
+    def query_models(self, precision: str = "float") -> list[SentenceModel]:
+        """The frozen models :meth:`embed_queries` runs: MiniLM in ``precision`` ('float', 'bf16'
+        or 'int8'; :meth:`_FrozenSentenceModel.in_precision`), e5 as it is (4-bit already)."""
+        return [m.in_precision(precision) if isinstance(m, _FrozenSentenceModel) else m for m in self._models]
+
+    def embed_queries(self, texts: Sequence[str], *, precision: str | None = None) -> np.ndarray:
+        """``(B, out_dim)`` float32 numpy, as :meth:`embed` gives, for search queries: MiniLM
+        runs in ``precision`` (:func:`resolve_query_precision`: None reads EMIT_QUERY_PRECISION),
+        and nothing is kept in the frozen-embedding cache, which only grows (a server would keep
+        every query it is sent); :class:`emit.retrieval.search.IndexSearcher` keeps a bounded
+        cache of whole query vectors instead."""
+        texts = check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.out_dim), dtype=np.float32)
+        models = self.query_models(resolve_query_precision(precision))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                parts = []
+                for i in range(0, len(texts), self.batch_size):
+                    chunk = texts[i:i + self.batch_size]
+                    feats = join_sentence_features([m(chunk) for m in models])
+                    parts.append(self(feats.to(self.device)).float().cpu().numpy())
+        finally:
+            self.train(was_training)
+        return np.concatenate(parts)
 
     def remember(self, texts: Sequence[str], features: Any) -> None:
         """Keep ``features`` (``(len(texts), in_dim)``, as :meth:`sentence_features` gives them)
