@@ -1,5 +1,8 @@
 """How much does the pairing score depend on which products are held out? (not part of the tests)
 
+Superseded by benchmarks/pairing_defaults.py, which cross-validates every row on both pairing
+sets the same way; results/pairing_cv.{json,md} are from when the default was colour-hist.
+
 Five-fold cross-validation of the default configuration on ../shared/data/fashion-pairing: a
 product's fold is the same hash that `emit.split` uses (seed 0), cut into fifths, so fold 0 is
 exactly the validation split of benchmarks/pairing_fashion.py. Each fold trains on the other

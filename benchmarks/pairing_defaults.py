@@ -173,7 +173,7 @@ def write_table(results: Path, out: Path) -> None:
     keys = ("acc", "em", "em70", "ece", "baseline_acc", "baseline_em")
     lines = ["| row | folds | colour Acc | colour EM | colour EM@70% | colour ECE | mixed Acc | mixed EM | "
              "mixed EM@70% | mixed ECE | mean Acc | mean EM | colour baseline Acc / EM | "
-             "mixed baseline Acc / EM |", "|" + "---|" * 15]
+             "mixed baseline Acc / EM |", "|" + "---|" * 14]
     for name in names:
         mean = {}
         folds = {}
