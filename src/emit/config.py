@@ -65,6 +65,10 @@ class PairingConfig:
         1.0, "weight of the loss that ranks a product's own tags (0 = paper only)")
     product_context: bool = setting(  # beyond the paper
         True, "give the head each image's difference from its product's mean (beyond the paper)")
+    # confidence
+    calibration_folds: int = setting(  # beyond the paper
+        3, "calibrate confidence on out-of-fold bags trained on this many parts of the products "
+        "(0 or 1 = on each bagged member's own hold-out: faster, under-confident)")
     # bagging
     bag_size: int = setting(5, "number of bagged models")
     bag_label_fraction: float = setting(0.85, "share of labels each bagged model sees")
@@ -94,6 +98,7 @@ class PairingConfig:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.cnn_components >= 0, "cnn_components must be >= 0"),
+            (self.calibration_folds >= 0, "calibration_folds must be >= 0"),
             (self.hidden >= 0 and self.min_count >= 1 and self.top_k >= 1,
              "hidden must be >= 0, min_count and top_k >= 1"),
             (self.patience >= 1 and self.finetune_epochs >= 0, "patience must be >= 1"),

@@ -312,7 +312,8 @@ def test_calibrate_among_counts_only_the_products_named() -> None:
                            np.concatenate([primary.features, extra.features]),
                            np.concatenate([primary.groups, extra.groups + len(primary.products)]),
                            primary.rows + [[r + len(primary.features) for r in rows] for rows in extra.rows])
-    config = PairingConfig(min_count=1, hidden=8, max_epochs=3, patience=2, bag_size=2, val_fraction=0.5)
+    config = PairingConfig(min_count=1, hidden=8, max_epochs=3, patience=2, bag_size=2, val_fraction=0.5,
+                           calibration_folds=0)  # the members' own hold-outs
     model = train_pairing(primary.products, config, backbone=STAND_IN, features=both,  # type: ignore[arg-type]
                           extra=extra.products, progress=False)
     inputs = head_inputs(config, both.features, both.groups)
@@ -323,3 +324,16 @@ def test_calibrate_among_counts_only_the_products_named() -> None:
     assert model.calibration == calibrate(model, both, inputs, among=ids)
     assert model.calibration.products == held > 0
     assert everyone.products > held  # the extra products would have counted
+
+
+def test_crossfit_calibration_holds_out_each_paired_product_once_and_no_extra() -> None:
+    primary, extra = _features(12, "p"), _features(12, "extra:")
+    both = ProductFeatures(primary.products + extra.products,
+                           np.concatenate([primary.features, extra.features]),
+                           np.concatenate([primary.groups, extra.groups + len(primary.products)]),
+                           primary.rows + [[r + len(primary.features) for r in rows] for rows in extra.rows])
+    config = PairingConfig(min_count=1, hidden=8, max_epochs=3, patience=2, bag_size=2, calibration_folds=3)
+    model = train_pairing(primary.products, config, backbone=STAND_IN, features=both,  # type: ignore[arg-type]
+                          extra=extra.products, progress=False)
+    assert model.calibration is not None and model.calibration.products == len(primary.products)
+    assert model.calibration.slope >= 0

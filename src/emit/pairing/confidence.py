@@ -8,8 +8,10 @@ product whose labelling has no alternative (one tag) has an infinite margin.
 
 The margin, divided by the cost temperature, goes through Platt scaling,
 ``p = sigmoid(slope * margin + intercept)`` with ``slope >= 0``, so the probability never falls
-as the margin grows. The two numbers are fitted on the training side only: on the products
-each bagged member held out for early stopping, scored by that member alone.
+as the margin grows. The two numbers are fitted on the training side only
+(:mod:`emit.pairing.pipeline`): by default on out-of-fold bags, each trained on two thirds of
+the products and deciding the third as the final model would; or, faster and under-confident,
+on the products each bagged member held out for early stopping, scored by that member alone.
 """
 
 from __future__ import annotations

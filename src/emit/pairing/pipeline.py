@@ -22,7 +22,7 @@ from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
 from emit.pairing.projection import fit_projection
 from emit.pairing.tagger import FitResult, LabelledImages, fit_head
 from emit.problems import EmitError, ProblemLog
-from emit.split import in_validation
+from emit.split import hash_fraction, in_validation
 from emit.text.labels import build_vocab
 from emit.vision.backbones import Backbone, create_backbone
 from emit.vision.features import extract_features
@@ -154,8 +154,26 @@ def train_pairing(
     inputs = head_inputs(config, features, pf.groups)
     data, pids = labelled_rows(pf, inputs, vocab.encode_many)
 
+    members = train_bag(config, data, pids, len(vocab.labels), device=device)
+
+    baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
+    baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
+                    data_fraction=1.0, device=device).head
+    model = PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim,
+                         projection=projection)
+    if config.calibration_folds > 1:
+        model.calibration = calibrate_crossfit(model, pf, inputs, data, pids, primary, device=device)
+    else:
+        model.calibration = calibrate(model, pf, inputs, primary)
+    log.info("confidence calibration: slope %.3f, intercept %.3f, on %d held-out products",
+             model.calibration.slope, model.calibration.intercept, model.calibration.products)
+    return model
+
+
+def train_bag(config: PairingConfig, data: LabelledImages, pids: np.ndarray, n_labels: int, *,
+              device: str | None = "cpu", quiet: bool = False) -> list[Member]:
+    """The bagged heads: each its own seed, label subset, training products and hold-out."""
     members: list[Member] = []
-    n_labels = len(vocab.labels)
     for k in range(config.bag_size):
         seed = config.seed + k
         rng = np.random.default_rng(seed + 10_000)
@@ -167,19 +185,50 @@ def train_pairing(
         fraction = config.bag_data_fraction if config.bag_size > 1 else 1.0
         result = _fit(config, data.select_labels(label_ids), pids, seed, loss=config.loss,
                       listwise_weight=config.listwise_weight, data_fraction=fraction, device=device)
-        log.info("member %d: %d labels, best epoch %d of %d", k, len(label_ids),
-                 result.best_epoch, result.epochs)
+        if not quiet:
+            log.info("member %d: %d labels, best epoch %d of %d", k, len(label_ids),
+                     result.best_epoch, result.epochs)
         members.append(Member(label_ids, result.head, seed, _curves(result)))
+    return members
 
-    baseline_data, _ = labelled_rows(pf, inputs, colour_one_hot)
-    baseline = _fit(config, baseline_data, pids, config.seed, loss="softmax", listwise_weight=0.0,
-                    data_fraction=1.0, device=device).head
-    model = PairingModel(config, vocab, members, baseline, backbone.identity, backbone.dim,
-                         projection=projection)
-    model.calibration = calibrate(model, pf, inputs, primary)
-    log.info("confidence calibration: slope %.3f, intercept %.3f, on %d held-out products",
-             model.calibration.slope, model.calibration.intercept, model.calibration.products)
-    return model
+
+def calibrate_crossfit(model: PairingModel, pf: ProductFeatures, inputs: np.ndarray,
+                       data: LabelledImages, pids: np.ndarray, among: set[str], *,
+                       device: str | None = "cpu") -> Calibration:
+    """Platt scaling fitted on out-of-fold *bags*: the paired products are cut into
+    ``calibration_folds`` parts by hash; for each, a whole bag is trained on the rest and decides
+    the part's products as the final model would (mean cost, same assignment). This sees what
+    the model's margins mean for the bag, which is more often right than one member at the same
+    margin (the member-level fit is under-confident); it costs that many more bags."""
+    config = model.config
+    folds = config.calibration_folds
+    fold = {pid: min(int(hash_fraction(pid, config.seed + 7) * folds), folds - 1) for pid in among}
+    row_fold = np.array([fold.get(pid, -1) for pid in pids])
+    margins: list[float] = []
+    correct: list[bool] = []
+    for f in range(folds):
+        keep = np.flatnonzero(row_fold != f)
+        held = [k for k, p in enumerate(pf.products) if fold.get(p.product_id) == f]
+        if not held or len(keep) == 0:
+            continue
+        bag = train_bag(config, data.subset(keep), pids[keep], len(model.vocab.labels), device=device,
+                        quiet=True)
+        fold_model = PairingModel(config, model.vocab, bag, None, model.backbone_identity,
+                                  model.feature_dim, projection=model.projection)
+        for k in held:
+            product, rows = pf.products[k], pf.rows[k]
+            if not rows or any(r is None for r in rows):
+                continue
+            z = [m.head.logits(inputs[rows]) for m in bag]  # type: ignore[index]
+            choice, cost = fold_model.decide(z, product.optional_tags)
+            truth = [product.optional_tags.index(t) if t else None for t in product.tags]
+            if all(t is None for t in truth):
+                continue
+            vote = config.bag_combine == "vote"
+            mode: AssignMode = "argmin" if vote else config.assign
+            margins.append(assignment_margin(cost, choice, mode) / model.cost_temperature)
+            correct.append(all(t is None or t == c for t, c in zip(truth, choice, strict=True)))
+    return fit_calibration(margins, correct)
 
 
 def calibrate(model: PairingModel, pf: ProductFeatures, inputs: np.ndarray,
