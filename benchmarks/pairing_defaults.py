@@ -56,6 +56,8 @@ ROWS: dict[str, tuple[list[str], bool, dict, bool]] = {
     "lite0+colour-hist +catalogue": (L0C, False, {"cnn_components": 0, **M0}, True),
     "lite0-pca64+colour-hist +catalogue": (L0C, False, {"cnn_components": 64, **M0}, True),
     "lite0-pca64+colour-hist crossfit": (L0C, False, {"cnn_components": 64, "calibration_folds": 3}, False),
+    "lite2-pca64+colour-hist": (["efficientnet-lite2", "colour-hist"], False,
+                                {"cnn_components": 64, **M0}, False),
 }
 
 

@@ -395,7 +395,11 @@ def test_presets_resolve_to_their_settings_and_explicit_settings_win() -> None:
     from emit.retrieval.config import from_preset
     from emit.retrieval.presets import list_presets, preset_settings
 
-    assert {"standard", "paper"} <= set(list_presets())
+    assert {"standard", "paper", "fast"} <= set(list_presets())
+    fast = from_preset("fast").validate()
+    assert (fast.encoder, fast.lr, fast.lr_schedule, fast.epochs, fast.preset) == (
+        "minilm", 5e-4, "cosine", 4, "fast")
+    assert from_preset("fast", epochs=2).validate().epochs == 2  # a named setting wins
     assert from_preset("standard") == RetrievalConfig()
     paper = from_preset("paper").validate()
     assert (paper.preset, paper.loss, paper.mining, paper.num_layers, paper.normalise_images,
