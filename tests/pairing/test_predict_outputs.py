@@ -24,7 +24,7 @@ from emit.commit import MANIFEST_FILE, folder_commit, read_manifest
 from emit.data.products import Product
 from emit.data.synthetic import make_products
 from emit.files import JOURNAL_SUFFIX, TEMP_SUFFIX, atomic_write_json, recover_folder
-from emit.pairing.jobs import predict_job, problems_path, write_predictions
+from emit.pairing.jobs import baseline_path, predict_job, problems_path, write_predictions
 from emit.pairing.model import MODEL_FILE, PairingModel
 from emit.pairing.pipeline import ProductDecision
 from emit.pairing.report import confidence_path
@@ -85,6 +85,7 @@ def test_confidences_cover_exactly_the_predicted_products_as_probabilities(env) 
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in confidence.values())
     summary = env["summary"]
     assert summary["confidence"] == str(confidence_path(env["out"])) and summary["calibrated"] is True
+    assert summary["baseline"] == str(baseline_path(env["out"]))  # as before confidences existed
     assert "review" not in summary and not review_path(env["out"]).exists()
     assert PairingModel.load(env["model"]).calibration.products > 0  # type: ignore[union-attr]
 

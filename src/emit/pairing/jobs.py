@@ -172,13 +172,14 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
                                  combine_mode=combine, device=device)
     unreadable = sum(t is None for d in decisions for t in d.tags)
     review = write_predictions(out, products, decisions, problems, review_below=review_below, data=data)
-    summary = {"predictions": str(out), "confidence": str(confidence_path(out)),
-            "products": len(products), "images": sum(len(p.images) for p in products),
-            "unassigned_images": unreadable, "problems": len(problems),
-            "assign": assignment_used(model, assign, combine),
-            "combine": combine or model.config.bag_combine,
-            "calibrated": model.calibration is not None,
-            "seconds": round(time.perf_counter() - start, 2)}
+    summary = {"predictions": str(out), "baseline": str(baseline_path(out)),
+               "confidence": str(confidence_path(out)),
+               "products": len(products), "images": sum(len(p.images) for p in products),
+               "unassigned_images": unreadable, "problems": len(problems),
+               "assign": assignment_used(model, assign, combine),
+               "combine": combine or model.config.bag_combine,
+               "calibrated": model.calibration is not None,
+               "seconds": round(time.perf_counter() - start, 2)}
     if review is not None:
         summary.update(review=str(review_path(out)), review_products=review)
     return summary
