@@ -306,12 +306,18 @@ def _features(n: int, prefix: str) -> ProductFeatures:
     return ProductFeatures(products, np.stack(feats), np.asarray(groups), rows)
 
 
-def test_calibrate_among_counts_only_the_products_named() -> None:
+def _primary_and_extra() -> tuple[ProductFeatures, ProductFeatures, ProductFeatures]:
+    """12 paired products, 12 extra ones, and the features of both as train_pairing takes them."""
     primary, extra = _features(12, "p"), _features(12, "extra:")
     both = ProductFeatures(primary.products + extra.products,
                            np.concatenate([primary.features, extra.features]),
                            np.concatenate([primary.groups, extra.groups + len(primary.products)]),
                            primary.rows + [[r + len(primary.features) for r in rows] for rows in extra.rows])
+    return primary, extra, both
+
+
+def test_calibrate_among_counts_only_the_products_named() -> None:
+    primary, extra, both = _primary_and_extra()
     config = PairingConfig(min_count=1, hidden=8, max_epochs=3, patience=2, bag_size=2, val_fraction=0.5,
                            calibration_folds=0)  # the members' own hold-outs
     model = train_pairing(primary.products, config, backbone=STAND_IN, features=both,  # type: ignore[arg-type]
@@ -327,11 +333,7 @@ def test_calibrate_among_counts_only_the_products_named() -> None:
 
 
 def test_crossfit_calibration_holds_out_each_paired_product_once_and_no_extra() -> None:
-    primary, extra = _features(12, "p"), _features(12, "extra:")
-    both = ProductFeatures(primary.products + extra.products,
-                           np.concatenate([primary.features, extra.features]),
-                           np.concatenate([primary.groups, extra.groups + len(primary.products)]),
-                           primary.rows + [[r + len(primary.features) for r in rows] for rows in extra.rows])
+    primary, extra, both = _primary_and_extra()
     config = PairingConfig(min_count=1, hidden=8, max_epochs=3, patience=2, bag_size=2, calibration_folds=3)
     model = train_pairing(primary.products, config, backbone=STAND_IN, features=both,  # type: ignore[arg-type]
                           extra=extra.products, progress=False)

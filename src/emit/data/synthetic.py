@@ -72,16 +72,23 @@ def make_products(root: str | os.PathLike[str], n_products: int = 60, *, seed: i
         pattern = rng.choice(DECORATIONS)
         code = rng.randint(1000, 99999)
         tags = [pattern.format(c=name, code=code) for name, _ in colours]
-        # every colour shown at least once, then a few extra views
-        shown = list(range(len(colours))) + [rng.randrange(len(colours)) for _ in range(rng.randint(0, 2))]
-        rng.shuffle(shown)
-        imgs_tags = []
-        for i, c in enumerate(shown):
-            name = f"{pid}_{i}.jpg"
-            _draw_garment(shape, colours[c][1], size, rng).save(folder / name, quality=90)
-            imgs_tags.append({name: tags[c] if with_truth else ""})
-        atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
+        _write_product(folder, pid, tags, [(shape, rgb) for _, rgb in colours], size=size, rng=rng,
+                       with_truth=with_truth)
     return root
+
+
+def _write_product(folder: Path, pid: str, tags: list[str], looks: list[tuple[str, tuple[int, int, int]]],
+                   *, size: int, rng: random.Random, with_truth: bool) -> None:
+    """Draw the product's images (option k looks like ``looks[k]``: a garment shape and its
+    colour) and write its profile: every option shown at least once, then a few extra views."""
+    shown = list(range(len(tags))) + [rng.randrange(len(tags)) for _ in range(rng.randint(0, 2))]
+    rng.shuffle(shown)
+    imgs_tags = []
+    for i, k in enumerate(shown):
+        name = f"{pid}_{i}.jpg"
+        _draw_garment(*looks[k], size, rng).save(folder / name, quality=90)
+        imgs_tags.append({name: tags[k] if with_truth else ""})
+    atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
 
 
 GARMENT_WORDS = {"tshirt": "T恤", "trousers": "长裤", "dress": "连衣裙", "shoe": "鞋"}
@@ -111,15 +118,8 @@ def make_mixed_products(root: str | os.PathLike[str], n_products: int = 60, *, s
         rng.shuffle(options)
         pattern, code = rng.choice(MIXED_DECORATIONS), rng.randint(1000, 99999)
         tags = [pattern.format(c=c[0], g=GARMENT_WORDS[g], code=code) for c, g in options]
-        shown = list(range(len(options))) + [rng.randrange(len(options)) for _ in range(rng.randint(0, 2))]
-        rng.shuffle(shown)
-        imgs_tags = []
-        for i, o in enumerate(shown):
-            name = f"{pid}_{i}.jpg"
-            (_, rgb), shape = options[o]
-            _draw_garment(shape, rgb, size, rng).save(folder / name, quality=90)
-            imgs_tags.append({name: tags[o] if with_truth else ""})
-        atomic_write_json(folder / "profile.json", {"optional_tags": tags, "imgs_tags": imgs_tags})
+        _write_product(folder, pid, tags, [(shape, rgb) for (_, rgb), shape in options], size=size, rng=rng,
+                       with_truth=with_truth)
     return root
 
 

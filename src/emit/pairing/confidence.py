@@ -17,8 +17,10 @@ on the products each bagged member held out for early stopping, scored by that m
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,19 @@ from emit.pairing.assign import AssignMode, assign, total_cost
 
 FORBIDDEN = 1e6  # added to a forbidden (image, tag) cost; far above any cross-entropy cost
 RIDGE = 1e-2  # keeps the fit finite when the held-out products are all right (or all wrong)
+
+
+def as_probability(value: Any) -> float | None:
+    """``value`` as a float in [0, 1], or None if it is not one (read from a user's file or flag)."""
+    # bool is an int to Python, and JSON allows NaN and Infinity: none is a probability; a
+    # numpy float from a model is a number too
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        p = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return p if math.isfinite(p) and 0.0 <= p <= 1.0 else None
 
 
 def assignment_margin(cost: np.ndarray, choice: Sequence[int] | np.ndarray,

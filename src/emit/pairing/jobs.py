@@ -21,6 +21,7 @@ from emit.data.products import Product, read_products, read_truth, write_final_j
 from emit.devices import local_device, resolve_device
 from emit.files import atomic_remove, atomic_write_bytes, atomic_write_json, recover_folder
 from emit.pairing.assign import AssignMode
+from emit.pairing.confidence import as_probability
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import PairingModel
 from emit.pairing.pipeline import ProductDecision, check_backbone, predict_products, train_pairing
@@ -186,7 +187,8 @@ def predict_job(model_dir: str | os.PathLike[str], data: str | os.PathLike[str],
 
 
 def check_review_below(review_below: float | None) -> None:
-    if review_below is not None and not 0 <= review_below <= 1:
+    """Before any work: the queue's own check (build_review_queue) would only come at the end."""
+    if review_below is not None and as_probability(review_below) is None:
         raise EmitError(f"--review-below {review_below}: give a probability between 0 and 1, e.g. 0.9")
 
 

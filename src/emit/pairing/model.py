@@ -100,13 +100,18 @@ class PairingModel:
         """The scale of the costs: BCE costs are means over labels, so their gaps are small."""
         return LISTWISE_TEMPERATURE if self.config.loss == "bce" else 1.0
 
+    def margin(self, cost: np.ndarray, choice: np.ndarray, assign_mode: AssignMode | None = None,
+               combine_mode: CombineMode | None = None) -> float:
+        """The decision's cost margin in units of the cost temperature: what calibration reads."""
+        vote = (combine_mode or self.config.bag_combine) == "vote"  # per-image argmin underneath
+        mode: AssignMode = "argmin" if vote else (assign_mode or self.config.assign)
+        return assignment_margin(cost, choice, mode) / self.cost_temperature
+
     def product_confidence(self, cost: np.ndarray, choice: np.ndarray,
                            assign_mode: AssignMode | None = None,
                            combine_mode: CombineMode | None = None) -> float:
         """Calibrated probability that every image of the product got its right tag."""
-        vote = (combine_mode or self.config.bag_combine) == "vote"  # per-image argmin underneath
-        mode: AssignMode = "argmin" if vote else (assign_mode or self.config.assign)
-        margin = assignment_margin(cost, choice, mode) / self.cost_temperature
+        margin = self.margin(cost, choice, assign_mode, combine_mode)
         return (self.calibration or Calibration()).probability(margin)
 
     def baseline_decide(self, logits: np.ndarray, tags: Sequence[str],

@@ -15,7 +15,7 @@ from emit.config import PairingConfig
 from emit.data.products import Product
 from emit.devices import resolve_device
 from emit.pairing.assign import AssignMode, assign
-from emit.pairing.confidence import Calibration, assignment_margin, fit_calibration
+from emit.pairing.confidence import Calibration, fit_calibration
 from emit.pairing.cost import cost_matrix
 from emit.pairing.ensemble import CombineMode
 from emit.pairing.model import Member, PairingModel, colour_one_hot, head_inputs
@@ -215,20 +215,29 @@ def calibrate_crossfit(model: PairingModel, pf: ProductFeatures, inputs: np.ndar
                         quiet=True)
         fold_model = PairingModel(config, model.vocab, bag, None, model.backbone_identity,
                                   model.feature_dim, projection=model.projection)
+        logits = fold_model.member_logits(inputs)  # all images at once, as predict_pairing does
         for k in held:
             product, rows = pf.products[k], pf.rows[k]
-            if not rows or any(r is None for r in rows):
+            if not _all_readable(rows):
                 continue
-            z = [m.head.logits(inputs[rows]) for m in bag]  # type: ignore[index]
-            choice, cost = fold_model.decide(z, product.optional_tags)
-            truth = [product.optional_tags.index(t) if t else None for t in product.tags]
-            if all(t is None for t in truth):
-                continue
-            vote = config.bag_combine == "vote"
-            mode: AssignMode = "argmin" if vote else config.assign
-            margins.append(assignment_margin(cost, choice, mode) / model.cost_temperature)
-            correct.append(all(t is None or t == c for t, c in zip(truth, choice, strict=True)))
+            choice, cost = fold_model.decide([z[rows] for z in logits], product.optional_tags)
+            right = _all_right(product, choice)
+            if right is not None:
+                margins.append(model.margin(cost, choice))
+                correct.append(right)
     return fit_calibration(margins, correct)
+
+
+def _all_readable(rows: Sequence[int | None]) -> bool:
+    return bool(rows) and all(r is not None for r in rows)
+
+
+def _all_right(product: Product, choice: np.ndarray) -> bool | None:
+    """Whether every image with a known tag got it; None when no image's tag is known."""
+    truth = [product.optional_tags.index(t) if t else None for t in product.tags]
+    if all(t is None for t in truth):
+        return None
+    return all(t is None or t == c for t, c in zip(truth, choice, strict=True))
 
 
 def calibrate(model: PairingModel, pf: ProductFeatures, inputs: np.ndarray,
@@ -239,22 +248,21 @@ def calibrate(model: PairingModel, pf: ProductFeatures, inputs: np.ndarray,
     config = model.config
     margins: list[float] = []
     correct: list[bool] = []
+    mode: AssignMode = "argmin" if config.bag_combine == "vote" else config.assign
     for member in model.members:
+        logits = member.head.logits(inputs)  # all images at once, as predict_pairing does
         for product, rows in zip(pf.products, pf.rows, strict=True):
             if among is not None and product.product_id not in among:
                 continue
             if not (in_validation(product.product_id, config.val_fraction, member.seed)
-                    and rows and all(r is not None for r in rows)):
+                    and _all_readable(rows)):
                 continue
-            z = member.head.logits(inputs[[r for r in rows if r is not None]])
-            cost = cost_matrix(z, member.embed(model.vocab, product.optional_tags), config.loss)
-            mode: AssignMode = "argmin" if config.bag_combine == "vote" else config.assign
+            cost = cost_matrix(logits[rows], member.embed(model.vocab, product.optional_tags), config.loss)
             choice = assign(cost, mode)
-            truth = [product.optional_tags.index(t) if t else None for t in product.tags]
-            if all(t is None for t in truth):
-                continue
-            margins.append(assignment_margin(cost, choice, mode) / model.cost_temperature)
-            correct.append(all(t is None or t == c for t, c in zip(truth, choice, strict=True)))
+            right = _all_right(product, choice)
+            if right is not None:
+                margins.append(model.margin(cost, choice))
+                correct.append(right)
     return fit_calibration(margins, correct)
 
 

@@ -18,8 +18,6 @@ both atomically;
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +35,7 @@ from emit.metrics import (
     pairing_scores,
     risk_coverage_curve,
 )
+from emit.pairing.confidence import as_probability
 from emit.plots import PLOT_LABEL, per_size, plot_pairing_report
 from emit.problems import EmitError, ProblemLog
 
@@ -153,20 +152,26 @@ def _confidence_report(
     }
 
 
+def _json_object(given: Predictions | Confidences, label: str, value: str, fix: str = ""
+                 ) -> tuple[str, Mapping[str, Any]]:
+    """``(source, {product_id: <value>})`` from a loaded mapping (named ``label``) or a JSON file."""
+    if isinstance(given, Mapping):
+        return label, given
+    data = read_json(given)  # unreadable or malformed file: EmitError naming it
+    if not isinstance(data, dict):
+        raise EmitError(f"{given}: expected an object {{product_id: {value}}}, "
+                        f"got {type(data).__name__}{fix}")
+    return str(given), data
+
+
 def _load_confidence(confidence: Confidences, problems: ProblemLog) -> tuple[str, dict[str, float]]:
     """``(source, {product_id: confidence})``; entries that are not a number in [0, 1] are
     reported and left out."""
-    if isinstance(confidence, Mapping):
-        source, data = "confidence", confidence
-    else:
-        source = str(confidence)
-        data = read_json(confidence)  # unreadable or malformed file: EmitError naming it
-        if not isinstance(data, dict):
-            raise EmitError(f"{source}: expected an object {{product_id: confidence}}, "
-                            f"got {type(data).__name__}; write predict's .confidence.json")
+    source, data = _json_object(confidence, "confidence", "confidence",
+                                "; write predict's .confidence.json")
     values: dict[str, float] = {}
     for pid, value in data.items():
-        p = _probability(value)
+        p = as_probability(value)
         if p is None:
             problems.add(source, brief(str(pid)), f"confidence {brief(value)} is not a number "
                          "in [0, 1]; skipped", "write a probability between 0 and 1")
@@ -175,30 +180,11 @@ def _load_confidence(confidence: Confidences, problems: ProblemLog) -> tuple[str
     return source, values
 
 
-def _probability(value: Any) -> float | None:
-    """``value`` as a float in [0, 1], or None if it is not one."""
-    # bool is an int to Python, and JSON allows NaN and Infinity: none is a probability
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        p = float(value)
-    except OverflowError:  # an integer of hundreds of digits
-        return None
-    return p if math.isfinite(p) and 0.0 <= p <= 1.0 else None
-
-
 def _load_aligned(
     pred: Predictions, truth: Mapping[str, Product], label: str, problems: ProblemLog
 ) -> tuple[str, dict[str, list[str | None]]]:
     """Load predictions and align them to the truth images; return (source, aligned tags)."""
-    if isinstance(pred, Mapping):
-        source, data = label, pred
-    else:
-        source = str(pred)
-        data = read_json(pred)  # unreadable or malformed file: EmitError naming it
-        if not isinstance(data, dict):
-            raise EmitError(f"{source}: expected an object {{product_id: profile}}, "
-                            f"got {type(data).__name__}")
+    source, data = _json_object(pred, label, "profile")
     aligned: dict[str, list[str | None]] = {}
     for pid, product in truth.items():
         if not product.labelled:

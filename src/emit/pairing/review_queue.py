@@ -17,7 +17,6 @@ This module is plain library code (no web framework), light to import (no torch)
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from emit.files import atomic_write_json, read_json
+from emit.pairing.confidence import as_probability
 from emit.problems import EmitError
 
 KIND = "emit.pairing.review"
@@ -69,7 +69,7 @@ def _is_number(value: object) -> bool:
 
 
 def _probability(value: object) -> bool:
-    return _is_number(value) and math.isfinite(value) and 0 <= value <= 1  # type: ignore[arg-type]
+    return as_probability(value) is not None
 
 
 def _text(value: object) -> bool:
