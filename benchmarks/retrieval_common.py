@@ -129,6 +129,8 @@ def train_and_evaluate(name: str, settings: dict[str, Any], bench: Bench, work: 
     result: dict[str, Any] = {"settings": settings, "train_seconds": round(seconds, 1),
                               "best_epoch": model.info["best_epoch"],
                               "epochs_run": len(model.info["history"]),
+                              "encoder": model.config.encoder,  # what 'auto' resolved to
+                              "best_val_score": model.info.get("best_score"),
                               "margin": round(float(model.margin), 4)}
     for task in eval_tasks or list(te):
         t = te[task]

@@ -88,7 +88,8 @@ def test_every_config_field_has_help_and_a_flag_that_reaches_the_config(cls, fie
         assert given_flags(off) == {field.name: f"--no-{field.name.replace('_', '-')}"}
         return
     value = default if default not in (None, "") else {"weights": "w.pt", "vectors": "v.txt",
-                                                       "margin": 0.5, "extra_stopwords": "men"}[field.name]
+                                                       "margin": 0.5, "extra_stopwords": "men",
+                                                       "epochs": 3}[field.name]
     args = parser.parse_args([*base, flag(field.name), literal(value)])
     assert getattr(args, field.name) == value and type(getattr(args, field.name)) is type(value)
     assert given_flags(args) == {field.name: flag(field.name)}

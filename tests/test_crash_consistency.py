@@ -178,7 +178,8 @@ def retrieval_models() -> list[tuple[RetrievalModel, np.ndarray, Pairs]]:
     out = []
     for seed in (0, 1):
         feats, vectors, titles = _retrieval_world(seed)
-        config = RetrievalConfig(tasks="titles", hidden=8, num_layers=1, batch_size=8, epochs=2, lr=1e-2,
+        config = RetrievalConfig(encoder="lstm", tasks="titles", hidden=8, num_layers=1, batch_size=8,
+                                 epochs=2, lr=1e-2,
                                  val_fraction=0.0, n_negatives=2, margin=1.0, seed=seed)
         model = train_retrieval(feats, titles, None, config, vectors=vectors, progress=False)
         out.append((model, feats, titles))

@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                                 for w in words) + "\n")
     code = main(["retrieval", "train", "--titles", str(root / "titles.jsonl"), "--tasks", "titles",
                  "--out", str(root / "run"), "--backbone", "colour-hist",
-                 "--vectors", str(root / "vectors.txt"),
+                 "--encoder", "lstm", "--vectors", str(root / "vectors.txt"),
                  "--hidden", "8", "--num-layers", "1", "--epochs", "2", "--batch-size", "4",
                  "--val-fraction", "0", "--cache-dir", str(root / "cache"), "-q", "--threads", "1"])
     assert code == 0

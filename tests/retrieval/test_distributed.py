@@ -90,7 +90,8 @@ def data(seed: int = 0) -> tuple[np.ndarray, WordVectors]:
 
 
 def config(**kw) -> RetrievalConfig:
-    options = {"hidden": 8, "num_layers": 1, "dropout": 0.0, "batch_size": 8, "epochs": 4, "lr": 1e-2,
+    options = {"encoder": "lstm", "lr_schedule": "constant",
+               "hidden": 8, "num_layers": 1, "dropout": 0.0, "batch_size": 8, "epochs": 4, "lr": 1e-2,
                "val_fraction": 0.0, "n_negatives": 3, "margin": 1.0, "loss": "patr", "mining": "any",
                "normalise_images": False, "image_projection": True, "tasks": "titles", **kw}
     return RetrievalConfig(**options).validate()
@@ -325,7 +326,8 @@ def test_torchrun_trains_is_killed_and_resumes(tmp_path) -> None:
     epochs = 20
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "emit", "retrieval", "train",
            "--titles", str(shapes["titles"]), "--tasks", "titles", "--out", str(out),
-           "--backbone", "colour-hist", "--vectors", str(shapes["vectors"]), "--hidden", "8",
+           "--backbone", "colour-hist", "--encoder", "lstm", "--vectors", str(shapes["vectors"]),
+           "--hidden", "8",
            "--num-layers", "1", "--epochs", str(epochs), "--batch-size", "8", "--val-fraction", "0",
            "--loss", "patr", "--cache-dir", str(tmp_path / "cache"), "-q", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
@@ -22,6 +24,8 @@ from emit.retrieval.encoders.names import (
     encoder_settings,
     list_text_encoders,
     missing_packages,
+    other_script,
+    resolve_text_encoder,
 )
 from emit.retrieval.encoders.projection import ImageProjection
 from emit.retrieval.encoders.registry import (
@@ -232,9 +236,13 @@ def test_every_named_text_encoder_is_registered_where_its_record_says() -> None:
     # the names (torch-free, what the command line offers) and the implementations are one list
     assert sorted(TEXT_ENCODERS) == list_text_encoders()
     for name in list_text_encoders():
+        assert encoder_settings(name) <= {f.name for f in fields(RetrievalConfig)}
+        if name == "auto":  # no class of its own: the training texts decide which it is
+            with pytest.raises(EmitError, match="chosen from the training texts"):
+                text_encoder_class(name)
+            continue
         cls = text_encoder_class(name)
         assert cls.name == name and cls.__module__ == TEXT_ENCODERS[name].module
-        assert encoder_settings(name) <= {f.name for f in fields(RetrievalConfig)}
 
 
 def _skip_without_packages(name: str) -> None:
@@ -248,12 +256,14 @@ def test_every_text_encoder_builds_from_a_config_and_round_trips(name: str, tmp_
     _skip_without_packages(name)
     enc = build_encoder(RetrievalConfig(encoder=name), TEXTS, 6, vectors=tiny_vectors())
     out = enc.encode(TEXTS[:2])
-    assert out.shape == (2, 6) and out.requires_grad and enc.out_dim == 6 and enc.name == name
+    resolved = resolve_text_encoder(name, TEXTS)  # 'auto' is minilm for these English texts
+    assert out.shape == (2, 6) and out.requires_grad and enc.out_dim == 6 and enc.name == resolved
     with torch.no_grad():  # move away from the initialisation, so the weights really are restored
         for p in enc.parameters():
             p.add_(0.01)
     save_text_encoder(enc, tmp_path / name)
     loaded = load_text_encoder(tmp_path / name)
+    assert loaded.name == resolved
     assert type(loaded) is type(enc) and not loaded.training and loaded.identity() == enc.identity()
     # (a sentence model's batch padding moves its float32 rounding: not bit-equal across batchings)
     np.testing.assert_allclose(loaded.embed(TEXTS), enc.embed(TEXTS), rtol=0, atol=1e-6)
@@ -321,3 +331,36 @@ def test_minilm_and_e5_side_by_side_average_their_cosines(tmp_path: Path) -> Non
     out = both.encode(texts[:2])
     out.sum().backward()
     assert out.shape == (2, 5) and all(p.grad is not None for p in both.mlp.parameters())
+
+
+def test_auto_reads_the_script_of_the_training_texts() -> None:
+    """'auto' is MiniLM (English) for Latin-script texts, the multilingual e5 once 1 % of the
+    texts hold another script, and both once 10 % are Latin-script only as well; other names
+    are kept as they are."""
+    english = ["a red dress", "Café crème jacket", "naïve T-shirt, 100% cotton"]
+    assert resolve_text_encoder("auto", english) == "minilm"
+    assert resolve_text_encoder("auto", ["一个人在滑雪。", "红色连衣裙"]) == "e5"
+    assert resolve_text_encoder("auto", ["Платье красное"]) == "e5"  # Cyrillic: not MiniLM's
+    assert resolve_text_encoder("auto", ["a dog"] * 101 + ["一只狗"]) == "minilm"  # under 1 %
+    # English and Chinese together: both models side by side
+    assert resolve_text_encoder("auto", ["a dog"] * 99 + ["一只狗"]) == "minilm+e5"  # 1 % and 99 %
+    assert resolve_text_encoder("auto", ["a dog"] * 10 + ["一只狗"] * 90) == "minilm+e5"  # 90 % and 10 %
+    assert resolve_text_encoder("auto", ["a dog"] * 9 + ["一只狗"] * 91) == "e5"  # Latin under 10 %
+    # Chinese titles with Latin brand names or codes are Chinese, not bilingual
+    assert resolve_text_encoder("auto", ["K38893枣红色", "白色T恤", "Nike 黑色运动鞋", "123 !!"]) == "e5"
+    assert resolve_text_encoder("auto", []) == "minilm"
+    assert resolve_text_encoder("lstm", ["一只狗"]) == "lstm"
+    assert not other_script("Ünïcødé ½ — “quoted” €5 😀") and other_script("黑色T恤")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(max_codepoint=0x24F),  # Latin letters
+                                  st.characters(exclude_categories=("Lu", "Ll", "Lt", "Lm", "Lo")))))
+def test_latin_letters_digits_punctuation_and_symbols_are_never_another_script(text: str) -> None:
+    assert not other_script(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(), st.sampled_from("黑色裤子чёрныйأسود"))
+def test_one_cjk_cyrillic_or_arabic_letter_makes_a_text_another_script(text: str, letter: str) -> None:
+    assert other_script(text + letter) and other_script(letter + text)

@@ -219,7 +219,8 @@ def run_and_features(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     root = tmp_path_factory.mktemp("ondisk-run")
     data = make_shapes(root / "shapes", variants=2)
     cache = root / "cache"
-    config = RetrievalConfig(backbone="colour-hist", vectors=str(data["vectors"]), hidden=16, num_layers=1,
+    config = RetrievalConfig(encoder="lstm", backbone="colour-hist", vectors=str(data["vectors"]),
+                             hidden=16, num_layers=1,
                              epochs=3, batch_size=20, lr=0.01, val_fraction=0)
     train_job(data["titles"], data["clicks"], root / "run", config, cache_dir=cache, progress=False)
     images = sorted(str(p.resolve()) for p in data["images"].glob("*.png"))

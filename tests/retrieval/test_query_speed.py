@@ -83,7 +83,8 @@ def _build(root: Path, data: dict[str, Path], config: RetrievalConfig) -> Path:
 
 @pytest.fixture(scope="module")
 def lstm_index(shapes, tmp_path_factory) -> Path:
-    config = RetrievalConfig(backbone="colour-hist", vectors=str(shapes["vectors"]), hidden=16, epochs=10,
+    config = RetrievalConfig(encoder="lstm", backbone="colour-hist", vectors=str(shapes["vectors"]),
+                             hidden=16, epochs=10,
                              batch_size=20, lr=0.01, val_fraction=0)
     return _build(tmp_path_factory.mktemp("lstm"), shapes, config)
 

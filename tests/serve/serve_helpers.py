@@ -42,7 +42,8 @@ class Built:
 
 def _build_retrieval(root: Path, cache: Path) -> tuple[Path, Path, Path]:
     data = make_shapes(root / "shapes")
-    config = RetrievalConfig(backbone="colour-hist", vectors=str(data["vectors"]), hidden=32, num_layers=1,
+    config = RetrievalConfig(encoder="lstm", backbone="colour-hist", vectors=str(data["vectors"]),
+                             hidden=32, num_layers=1,
                              epochs=60, batch_size=20, lr=0.01, val_fraction=0)
     run = root / "run"
     train_job(data["titles"], data["clicks"], run, config, cache_dir=cache, progress=False)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from emit.config import from_dict, to_dict
+from emit.config import to_dict
 from emit.files import atomic_write
 from emit.problems import EmitError
-from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.config import RetrievalConfig, saved_config
 from emit.retrieval.encoders.base import TextEncoder
 from emit.retrieval.encoders.projection import ImageProjection
 from emit.retrieval.layout import CHECKPOINT, MODEL_FILE
@@ -93,7 +93,7 @@ def resume(path: Path, config: RetrievalConfig, encoder: TextEncoder, projection
         raise EmitError(f"{path}: checkpoint format {state.get('format')!r} is not {FORMAT_VERSION}; "
                         "delete it")
     # Settings added since the checkpoint was made take their defaults, as in a saved model.
-    saved = comparable_settings(from_dict(RetrievalConfig, state.get("config") or {}))
+    saved = comparable_settings(saved_config(state.get("config") or {}))
     now = comparable_settings(config)
     if saved != now:
         # name the checkpoint's values: the defaults may have changed since it was made

@@ -169,7 +169,7 @@ def _train_job(titles: PathLike | None, clicks: PathLike | None, out: PathLike, 
     if main:
         write_problems(problems, Path(out) / "train_problems.json")
     info = model.info
-    return {"model": str(out), "tasks": config.tasks,
+    return {"model": str(out), "tasks": config.tasks, "encoder": model.config.encoder,
             "pairs": info.get("pairs"), "val_pairs": info.get("val_pairs"), "images": int(ok.sum()),
             "images_unreadable": int((~ok).sum()), "epochs": len(info.get("history", [])),
             "best_epoch": info.get("best_epoch"), "best_val_score": info.get("best_score"),

@@ -22,11 +22,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from emit.commit import folder_commit, verify_folder
-from emit.config import from_dict, to_dict, versions
+from emit.config import to_dict, versions
 from emit.files import atomic_write_bytes, atomic_write_json, read_json
 from emit.hashing import state_dict_sha256
 from emit.problems import EmitError
-from emit.retrieval.config import RetrievalConfig
+from emit.retrieval.config import RetrievalConfig, saved_config
 from emit.retrieval.distances import normalise_rows
 from emit.retrieval.encoders.base import TextEncoder
 from emit.retrieval.encoders.projection import ImageProjection
@@ -114,7 +114,7 @@ class RetrievalModel:
             raise EmitError(f"{folder / MODEL_FILE}: retrieval model format "
                             f"{meta.get('format') if isinstance(meta, dict) else None!r} is not "
                             f"{FORMAT_VERSION}; retrain with this version of emit")
-        config = from_dict(RetrievalConfig, meta.get("config") or {})
+        config = saved_config(meta.get("config") or {})
         encoder = load_text_encoder(folder)
         projection = None
         saved = (meta.get("identity") or {}).get("image_projection")

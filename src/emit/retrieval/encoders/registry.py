@@ -28,8 +28,8 @@ from emit.problems import EmitError
 from emit.retrieval.config import RetrievalConfig
 from emit.retrieval.encoders.base import ENCODER_FILE, ENCODER_WEIGHTS, FORMAT_VERSION, TextEncoder
 from emit.retrieval.encoders.names import (
-    DEFAULT_TEXT_ENCODER,
     list_text_encoders,
+    resolve_text_encoder,
     text_encoder_info,
 )
 from emit.text.vectors import WordVectors
@@ -59,6 +59,9 @@ def register_text_encoder(name: str) -> Callable[[E], E]:
 def text_encoder_class(name: str) -> type[TextEncoder]:
     """The class of the text encoder ``name`` (its module imported if it was not yet)."""
     info = text_encoder_info(name)
+    if info.name == "auto":
+        raise EmitError("the text encoder 'auto' is chosen from the training texts; resolve it first "
+                        "(emit.retrieval.encoders.names.resolve_text_encoder) or name an encoder")
     if info.name not in _CLASSES:
         importlib.import_module(info.module)  # registers it
     cls = _CLASSES.get(info.name)
@@ -67,7 +70,7 @@ def text_encoder_class(name: str) -> type[TextEncoder]:
     return cls
 
 
-def create_text_encoder(name: str = DEFAULT_TEXT_ENCODER, **kw: Any) -> TextEncoder:
+def create_text_encoder(name: str, **kw: Any) -> TextEncoder:
     """Build the text encoder ``name`` (in training mode) with its own options (``cls.create``)."""
     cls = text_encoder_class(name)
     params = inspect.signature(cls.create).parameters
@@ -82,7 +85,8 @@ def build_encoder(config: RetrievalConfig, texts: Sequence[str], out_dim: int,
                   vectors: WordVectors | None = None) -> TextEncoder:
     """The configured text encoder, with the settings of ``config`` it reads; ``texts`` are the
     training texts (the LSTM's vocabulary), ``vectors`` the LSTM's word vectors if already loaded."""
-    return text_encoder_class(config.encoder).from_config(config, texts, out_dim, vectors=vectors)
+    name = resolve_text_encoder(config.encoder, texts)
+    return text_encoder_class(name).from_config(config, texts, out_dim, vectors=vectors)
 
 
 def save_text_encoder(encoder: TextEncoder, folder: str | os.PathLike[str]) -> Path:
