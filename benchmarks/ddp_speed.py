@@ -3,7 +3,7 @@
 Generated data (no files, no feature extraction): ``--images`` random image feature vectors of
 ``--dim`` dimensions and, per image, ``--captions`` captions of 3-6 words from a 2,000-word
 vocabulary whose 50-d word vectors are random too. The model is ``emit retrieval train``'s
-default (LSTM text encoder, 256 wide, InfoNCE over the global batch, a learned image
+LSTM model (256 wide, InfoNCE over the global batch, a learned image
 projection, Adam), titles only, global batch ``--batch-size``.
 
 Both runs step through the same global batches from the same start (rank 0's weights), so their
@@ -73,7 +73,8 @@ def run(rank: int, world: int, port: int, args: argparse.Namespace, out: Path) -
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     feats, texts, rows, vocab, table = make_data(args.images, args.dim, args.captions)
-    cfg = RetrievalConfig(batch_size=args.batch_size, epochs=args.epochs, tasks="titles", val_fraction=0.0,
+    cfg = RetrievalConfig(encoder="lstm", batch_size=args.batch_size, epochs=args.epochs, tasks="titles",
+                          val_fraction=0.0,
                           margin=1.0).validate()
     torch.manual_seed(0)
     vectors = WordVectors.from_words(vocab, table, source="generated")

@@ -134,7 +134,8 @@ def distributed(device: torch.device, work: Path) -> None:
     out = work / "ddp-run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
            "-m", "emit", "retrieval", "train", "-q", "--titles", str(data["titles"]), "--clicks",
-           str(data["clicks"]), "--vectors", str(data["vectors"]), "--backbone", "efficientnet-lite0",
+           str(data["clicks"]), "--encoder", "lstm", "--lr-schedule", "constant",
+           "--vectors", str(data["vectors"]), "--backbone", "efficientnet-lite0",
            "--epochs", "30", "--batch-size", str(16 * ranks), "--cache-dir", str(work / "cache"),
            "--out", str(out), "--device", device.type]
     start = time.perf_counter()

@@ -51,7 +51,10 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/flickr8k"
 N_TEST = 1000
 
 # Pinned in full: a row must not change when emit's defaults do.
+# the LSTM at lr 1e-3 (constant) unless a row names another encoder or schedule: emit's defaults
+# until issue 14, pinned so the rows stay what they measured when the defaults move
 BASE: dict[str, Any] = {"tasks": "titles", "normalise_images": True, "image_projection": False,
+                        "encoder": "lstm", "lr": 1e-3, "lr_schedule": "constant",
                         "num_layers": 1, "hidden": 256, "beta1": 0.9, "epochs": 12, "val_fraction": 0.1}
 ROWS: dict[str, dict[str, Any]] = {
     "l2": {**BASE, "loss": "l2"},

@@ -52,6 +52,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BACKBONE = "efficientnet-lite0+efficientnet-lite2"
+LITE0_DIM = 1280
 BANK_BETA = 10.0
 LANGS = ("en", "zh")
 CN_TOKENS = "Flickr8k-CN.token.txt"  # beside Flickr8k.token.txt
@@ -94,7 +95,7 @@ def embeddings(cache_dir: Path, lang: str, name: str, texts: list[str]) -> np.nd
     return emb
 
 
-def load(cache_dir: Path, text: str, lang: str = "en") -> dict[str, Any]:
+def load(cache_dir: Path, text: str, lang: str = "en", lite0: bool = False) -> dict[str, Any]:
     """Image features, caption rows, the test mask and the frozen text embeddings (as the
     encoder ``text`` computes them), each sentence model's cached as .npy; the captions of
     ``lang`` (en, zh or both: English then Chinese), each caption's language in ``lang``."""
@@ -114,7 +115,10 @@ def load(cache_dir: Path, text: str, lang: str = "en") -> dict[str, Any]:
     texts = [t for g in langs for t in captions[g][0]]
     parts = [torch.from_numpy(np.concatenate([embeddings(cache_dir, g, name, captions[g][0]) for g in langs]))
              for name in text.split("+")]
-    return {"x": bench.features, "rows": np.concatenate([captions[g][1] for g in langs]),
+    # the composite's first 1,280 columns are Lite0's own features, bit for bit (checked), so
+    # --lite0 measures the Lite0 image side from the same cache
+    x = bench.features[:, :LITE0_DIM] if lite0 else bench.features
+    return {"x": x, "rows": np.concatenate([captions[g][1] for g in langs]),
             "is_test": bench.is_test, "texts": texts, "keys": bench.keys,
             "lang": np.array([g for g in langs for _ in captions[g][0]]),
             "emb": join_sentence_features(parts).numpy()}
@@ -124,6 +128,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--text", default="minilm", help="minilm, e5 or minilm+e5")
+    ap.add_argument("--lite0", action="store_true", help="Lite0's features alone (the backbone's first part)")
     ap.add_argument("--lang", default="en", choices=("en", "zh", "both"),
                     help="the captions: English, Chinese (Flickr8k-CN) or both in one model")
     ap.add_argument("--hidden", type=int, default=1024)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None, data: dict[str, Any] | None = None) -> d
     from emit.retrieval.train import TrainState, new_state, prepare_tasks, train_one_epoch, training_features
 
     torch.set_num_threads(a.threads)
-    d = data if data is not None else load(a.cache_dir, a.text, a.lang)
+    d = data if data is not None else load(a.cache_dir, a.text, a.lang, a.lite0)
     x, rows, texts = np.asarray(d["x"], dtype=np.float32), np.asarray(d["rows"]), list(d["texts"])
     cap_lang = np.asarray(d["lang"]) if "lang" in d else np.full(len(texts), a.lang)
     langs = [g for g in LANGS if (cap_lang == g).any()]

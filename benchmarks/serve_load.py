@@ -36,7 +36,8 @@ OUT = Path(__file__).resolve().parent / "results" / "serve_load.json"
 def build_index(root: Path, variants: int) -> tuple[Path, int]:
     data = make_shapes(root / "shapes", variants)
     cache = root / "cache"
-    config = RetrievalConfig(backbone="colour-hist", vectors=str(data["vectors"]), hidden=32, num_layers=1,
+    config = RetrievalConfig(encoder="lstm", lr_schedule="constant", backbone="colour-hist",
+                             vectors=str(data["vectors"]), hidden=32, num_layers=1,
                              epochs=30, batch_size=32, lr=0.01, val_fraction=0)
     train_job(data["titles"], data["clicks"], root / "run", config, cache_dir=cache, progress=False)
     summary = build_index_job(root / "run", [data["images"]], root / "idx", cache_dir=cache, progress=False)

@@ -102,6 +102,12 @@ def test_search_page_shows_a_grid_of_thumbnails_with_scores(browser, live_server
     assert "8 images nearest to" in browser.find_element(By.ID, "status").text
     shot = screenshot(browser, "serve_search.png", tmp_path)
     assert shot.stat().st_size > 10_000
+    # a Chinese query goes through the page and back unchanged (the server's answer names it)
+    query.clear()
+    query.send_keys("红色的圆形")
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(lambda d: "nearest to “红色的圆形”" in d.find_element(By.ID, "status").text)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#results .result")) == 8
 
 
 def test_review_page_changes_one_tag_and_exports(browser, token_server: LiveServer, tmp_path: Path) -> None:

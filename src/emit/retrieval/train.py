@@ -668,12 +668,12 @@ def _write_curves(history: Sequence[Mapping[str, Any]], best_epoch: int | None, 
 
 def benchmark_steps(*, device: str | torch.device = "cpu", steps: int = 50, batch_size: int = 512,
                     image_dim: int = 1280, n_images: int = 4096, seed: int = 0) -> float:
-    """Optimiser steps per second of this loop with the default model (LSTM, InfoNCE, a learned
+    """Optimiser steps per second of this loop with the paper's text side (an LSTM), InfoNCE, a learned
     image projection) on generated features and captions, on ``device`` (after one warm-up
     step). Inside a process group ``batch_size`` is the global batch and every rank times its
     share. For benchmarks (``benchmarks/gpu_check.py``, ``benchmarks/ddp_speed.py``)."""
-    config = RetrievalConfig(batch_size=batch_size, tasks="titles", val_fraction=0.0, margin=1.0,
-                             seed=seed).validate()
+    config = RetrievalConfig(encoder="lstm", batch_size=batch_size, tasks="titles", val_fraction=0.0,
+                             margin=1.0, seed=seed).validate()
     rng = np.random.default_rng(seed)
     vocab = [f"word{i}" for i in range(2000)]
     texts = [" ".join(rng.choice(vocab, size=int(rng.integers(3, 7)))) for _ in range(2 * n_images)]
