@@ -15,7 +15,9 @@ mkdir -p "$WORK"
 now() { date +%s.%N; }
 
 t0=$(now)
-"$EMIT" features extract "$DATA/images" --out "$WORK/shards" --cache-dir "$WORK/cache" -q > "$WORK/extract.json"
+BACKBONE=$("$PY" -c "from emit.retrieval.config import RetrievalConfig; print(RetrievalConfig().backbone)")
+"$EMIT" features extract "$DATA/images" --backbone "$BACKBONE" --out "$WORK/shards" --cache-dir "$WORK/cache" \
+    -q > "$WORK/extract.json"
 t1=$(now)
 for lang in en zh; do
     file=$DATA/Flickr8k.token.txt

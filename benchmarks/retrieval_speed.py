@@ -1,19 +1,23 @@
 """Search latency: one text query against 10,000 images, through emit's own search path.
 
 Images: 10,000 real photos (all 6,646 of ../shared/data/fashion-retrieval, then Flickr8k
-images up to 10,000), their Lite0 features from emit's cache. Model: `emit retrieval train`'s
-default configuration, trained for --epochs on the fashion titles and queries (latency does not
-depend on how well it is trained). The index is built and saved as `emit index build` does,
-with its default hubness correction folded in (one extra coordinate per image),
-opened once with `IndexSearcher` (as `emit serve` does), and each timed search is
+images up to 10,000), their features (--backbone, default emit's: Lite0 + Lite2) from emit's
+cache. Model: `emit retrieval train`'s default configuration (or --encoder), trained for
+--epochs on the fashion titles and queries (latency does not depend on how well it is trained).
+The index is built and saved as `emit index build` does, with its default hubness correction
+folded in (one extra coordinate per image), opened once with `IndexSearcher` (as `emit serve`
+does), and each timed search is
 `IndexSearcher.search(text)`: tokenise, run the text encoder, search FAISS, format the hits.
 
 For each index kind (exact, ivf, hnsw) it reports the median and p95 latency over the queries
 (distinct fashion queries, in file order, after --warmup untimed ones) and, for the approximate
 kinds, recall@10 against exact search.
 
-    python benchmarks/retrieval_speed.py          # -> results/retrieval_speed.json
-    python benchmarks/retrieval_speed.py --encoder minilm+e5   # -> results/retrieval_speed_minilm+e5.json
+    python benchmarks/retrieval_speed.py          # emit's defaults -> results/retrieval_speed_default.json
+    python benchmarks/retrieval_speed.py --encoder lstm --backbone efficientnet-lite0
+                                                  # the earlier default -> results/retrieval_speed.json
+    python benchmarks/retrieval_speed.py --encoder minilm+e5 --backbone efficientnet-lite0
+                                                  # -> results/retrieval_speed_minilm+e5.json
 
 With a sentence-model encoder each timed query also runs the frozen sentence model(s): the
 searcher is opened from the saved model, so no query's embedding is cached from training.
@@ -43,13 +47,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/emit-bench-cache/features"))
-    ap.add_argument("--encoder", default="lstm", help="text encoder of the timed model")
+    ap.add_argument("--encoder", default=None,
+                    help="text encoder of the timed model (default: emit's, 'auto': minilm for these texts)")
+    ap.add_argument("--backbone", default=None, help="image backbone (default: emit's retrieval default)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="default: results/retrieval_speed.json (lstm) or retrieval_speed_<encoder>.json")
+                    help="default: results/retrieval_speed_default.json (emit's defaults), "
+                         "retrieval_speed.json (--encoder lstm, the earlier default) or "
+                         "retrieval_speed_<encoder>.json")
     args = ap.parse_args()
     if args.out is None:
-        suffix = "" if args.encoder == "lstm" else f"_{args.encoder}"
-        args.out = HERE / "results" / f"retrieval_speed{suffix}.json"
+        name = {None: "_default", "lstm": ""}.get(args.encoder, f"_{args.encoder}")
+        args.out = HERE / "results" / f"retrieval_speed{name}.json"
 
     import faiss
     import torch
@@ -74,12 +82,14 @@ def main() -> None:
     fashion_paths, _ = image_indices(titles + queries)
     flickr_paths, _ = image_indices(flickr)
     paths = (fashion_paths + flickr_paths)[:args.images]
-    backbone = create_backbone("efficientnet-lite0")
+    defaults = RetrievalConfig()
+    backbone = create_backbone(args.backbone or defaults.backbone)
     feats, ok = extract_features(paths, backbone, cache_dir=args.cache_dir, progress=False)
     feats, paths = feats[ok], [p for p, good in zip(paths, ok, strict=True) if good]
     row = {str(p): i for i, p in enumerate(paths)}
 
-    config = RetrievalConfig(epochs=args.epochs, val_fraction=0.0, encoder=args.encoder)
+    config = RetrievalConfig(epochs=args.epochs, val_fraction=0.0, encoder=args.encoder or defaults.encoder,
+                             backbone=backbone.name)
     model = train_retrieval(feats, Pairs.from_captions(titles, row), Pairs.from_captions(queries, row),
                             config, backbone=backbone.identity, progress=False)
     texts = list(dict.fromkeys(c.text for c in queries))[:args.warmup + args.queries]

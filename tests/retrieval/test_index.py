@@ -155,3 +155,17 @@ def test_errors() -> None:
         build_index(x, ids, factory="NoSuchIndex")
     with pytest.raises(EmitError, match="index has 16"):
         build_index(x, ids).search(np.zeros((1, 3)), 2)
+
+
+def test_faiss_follows_torchs_thread_count_so_threads_limits_search() -> None:
+    """FAISS takes every core by default; emit gives it torch's thread count (what --threads
+    sets), in a fresh process as the command line would."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from emit.retrieval.index import faiss_module\n"
+            "print(faiss_module().omp_get_max_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert out.stdout.strip() == "1"

@@ -462,6 +462,24 @@ def test_the_cli_passes_the_token_and_refuses_an_open_host(built: Built, monkeyp
     assert [s.insecure_no_token for s in started] == [False, True, False]
 
 
+def test_serve_runs_on_one_thread_unless_told(built: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread per request by default (measured faster for a query); --threads still wins."""
+    import os
+
+    import torch
+
+    seen: list[int] = []
+    monkeypatch.setattr(emit.serve.app, "run", lambda settings: seen.append(torch.get_num_threads()) or 0)
+    monkeypatch.setenv("EMIT_API_TOKEN", API_TOKEN)
+    before = torch.get_num_threads()
+    try:
+        assert main(["serve", "--pairing-model", str(built.pairing_model)]) == 0
+        assert main(["serve", "--threads", "2", "--pairing-model", str(built.pairing_model)]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, min(2, os.cpu_count() or 1)]
+
+
 def test_the_load_test_sends_the_token(token_server: LiveServer) -> None:
     from emit.serve.loadtest import run_load
 

@@ -58,6 +58,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from emit.serve.app import run
     from emit.serve.settings import ServeSettings
 
+    if args.threads is None:
+        # one request's work is small: one thread per request is faster than two pools (torch's
+        # and FAISS's) spinning on the same cores (measured: docs/retrieval.md, "Interactive text
+        # queries"), and concurrent requests use the other cores; FAISS follows torch's count
+        import torch
+
+        torch.set_num_threads(1)
     flags = {name: getattr(args, name) for name in (*_FLAGS, *_SWITCHES)}
     if args.verbose and flags["log_level"] is None:
         flags["log_level"] = "debug"

@@ -41,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,11 +67,22 @@ METRICS = ("l2", "ip")
 FAISS_PACKAGE = "faiss-cpu"
 
 
+_FAISS_THREADS_SET = False
+
+
 def faiss_module() -> Any:
+    """The faiss module. On first use its OpenMP threads are set to torch's, if torch is loaded:
+    FAISS otherwise takes every core whatever ``--threads`` says (the command line sets torch's)."""
+    global _FAISS_THREADS_SET
     try:
         import faiss
     except ImportError as exc:
         raise EmitError(f"nearest-neighbour search needs FAISS: pip install {FAISS_PACKAGE}") from exc
+    if not _FAISS_THREADS_SET:
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            faiss.omp_set_num_threads(int(torch.get_num_threads()))
+        _FAISS_THREADS_SET = True
     return faiss
 
 
