@@ -2,7 +2,7 @@
 # `emit retrieval train` with no settings flags on the Flickr8k development images, in English
 # and in Chinese (Flickr8k-CN), then `emit retrieval evaluate --held-out` on the images each run
 # held out for validation (10 %, by a hash of the image name). Times the cold part (extracting
-# the Lite0 features into the cache) apart from the training, which reads them from the cache.
+# the Lite0 + Lite2 features into the cache) apart from the training, which reads them from the cache.
 #   bash benchmarks/retrieval_default_flickr8k.sh [WORK_DIR]
 # Writes benchmarks/results/retrieval_default_flickr8k.json (the summaries, reports and times).
 set -euo pipefail

@@ -57,6 +57,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.out is None:
         name = {None: "_default", "lstm": ""}.get(args.encoder, f"_{args.encoder}")
+        # a backbone other than the one each name was measured with gets its own file: Lite0 for
+        # the named encoders (results from before issue 14), emit's default for the default
+        from emit.retrieval.config import RetrievalConfig
+
+        default = RetrievalConfig().backbone
+        usual = "efficientnet-lite0" if args.encoder is not None else default
+        if (args.backbone or default) != usual:
+            name += "_" + (args.backbone or default).replace("+", "-")
         args.out = HERE / "results" / f"retrieval_speed{name}.json"
 
     import faiss

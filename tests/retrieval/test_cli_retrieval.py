@@ -460,10 +460,15 @@ def test_the_default_reads_chinese_captions_with_e5(data, tmp_path, capsys) -> N
 
 def test_a_preset_is_applied_recorded_and_explicit_flags_win(data, trained, tmp_path) -> None:
     assert run(["retrieval", "train", "--titles", data["titles"], "--out", tmp_path / "run", "--preset",
-                "paper", "--loss", "triplet", "--backbone", "colour-hist", "--encoder", "lstm",
+                "paper", "--loss", "triplet", "--backbone", "colour-hist",  # the preset's lstm reads:
                 "--vectors", data["vectors"],
                 "--epochs", 1, "--batch-size", 20, "--val-fraction", 0, "--cache-dir", trained["cache"],
                 "-q"]) == 0
     config = json.loads((tmp_path / "run" / "retrieval.json").read_text())["config"]
     assert config["preset"] == "paper" and config["loss"] == "triplet"  # the flag typed wins
     assert (config["num_layers"], config["normalise_images"], config["image_projection"]) == (5, False, False)
+    assert (config["encoder"], config["lr_schedule"], config["epochs"]) == ("lstm", "constant", 1)
+    # --vectors is an lstm setting: refused with a preset whose encoder is not the lstm
+    with pytest.raises(EmitError, match="--vectors only applies to --encoder lstm"):
+        run(["retrieval", "train", "--titles", data["titles"], "--out", tmp_path / "r2",
+             "--preset", "fast", "--vectors", data["vectors"]])

@@ -163,9 +163,14 @@ def test_faiss_follows_torchs_thread_count_so_threads_limits_search() -> None:
     import subprocess
     import sys
 
-    code = ("import torch; torch.set_num_threads(1)\n"
-            "from emit.retrieval.index import faiss_module\n"
-            "print(faiss_module().omp_get_max_threads())")
+    code = ("import threading, numpy as np, torch; torch.set_num_threads(1)\n"
+            "from emit.retrieval.index import build_index, faiss_module\n"
+            "faiss = faiss_module(); print(faiss.omp_get_max_threads())\n"
+            "index = build_index(np.eye(4, dtype='float32'), list('abcd'), 'exact', 'ip')\n"
+            "seen = []\n"
+            "def request():  # a server's request thread: OpenMP's count is per thread\n"
+            "    index.search(np.eye(4, dtype='float32')[:1], 2); seen.append(faiss.omp_get_max_threads())\n"
+            "t = threading.Thread(target=request); t.start(); t.join(); print(seen[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          check=True)
-    assert out.stdout.strip() == "1"
+    assert out.stdout.split() == ["1", "1"]

@@ -93,7 +93,7 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: the number of cores)")
+                        help="torch and FAISS threads (default: the number of cores; emit serve: 1)")
     return common
 
 

@@ -35,8 +35,11 @@ def refuse_unused_flags(args: argparse.Namespace) -> None:
     if not given:
         return
     from emit.retrieval.encoders.names import encoder_settings, list_text_encoders
+    from emit.retrieval.presets import preset_settings
 
-    encoder = args.encoder
+    # the encoder the run will have: the one typed, else the preset's (paper: lstm), else the default
+    encoder = (args.encoder if "encoder" in given
+               else preset_settings(args.preset).get("encoder", args.encoder))
     used = encoder_settings(encoder)
     for name, flag in given.items():
         if name in used:

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import sys
+import threading
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,22 +68,23 @@ METRICS = ("l2", "ip")
 FAISS_PACKAGE = "faiss-cpu"
 
 
-_FAISS_THREADS_SET = False
+_FAISS_THREADS = threading.local()  # OpenMP's thread count is per calling thread
 
 
 def faiss_module() -> Any:
-    """The faiss module. On first use its OpenMP threads are set to torch's, if torch is loaded:
-    FAISS otherwise takes every core whatever ``--threads`` says (the command line sets torch's)."""
-    global _FAISS_THREADS_SET
+    """The faiss module, with the calling thread's OpenMP threads set to torch's if torch is
+    loaded: FAISS otherwise takes every core whatever ``--threads`` says (the command line sets
+    torch's), and a server's request threads would each start with every core."""
     try:
         import faiss
     except ImportError as exc:
         raise EmitError(f"nearest-neighbour search needs FAISS: pip install {FAISS_PACKAGE}") from exc
-    if not _FAISS_THREADS_SET:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            faiss.omp_set_num_threads(int(torch.get_num_threads()))
-        _FAISS_THREADS_SET = True
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        wanted = int(torch.get_num_threads())
+        if getattr(_FAISS_THREADS, "count", None) != wanted:
+            faiss.omp_set_num_threads(wanted)
+            _FAISS_THREADS.count = wanted
     return faiss
 
 
@@ -176,6 +178,7 @@ class SearchIndex:
         k_eff = min(int(k), len(self))
         if q.shape[0] == 0:
             return np.zeros((0, k_eff), dtype=np.float32), np.zeros((0, k_eff), dtype=np.int64)
+        faiss_module()  # this thread's FAISS threads follow torch's (a server's request threads)
         scores, rows = self.index.search(q, k_eff)
         scores = np.asarray(scores, dtype=np.float32)
         rows = np.asarray(rows, dtype=np.int64)

@@ -518,6 +518,8 @@ def train_retrieval(
     tasks, val, validation = training_split(config, n_images, titles, clicks, val_titles=val_titles,
                                             val_clicks=val_clicks, image_keys=image_keys)
     texts = [t for p in tasks.values() for t in p.texts]
+    if encoder is not None and config.encoder == "auto":  # the run records the encoder it was given
+        config = replace(config, encoder=encoder.name)
     # 'auto' encoder and epochs: decided by the training texts, recorded in the run's config
     config = resolve_data_settings(config, texts,
                                    max(math.ceil(len(p) / config.batch_size) for p in tasks.values()))

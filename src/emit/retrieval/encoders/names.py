@@ -90,14 +90,24 @@ def encoder_settings(name: str) -> frozenset[str]:
 
 
 def other_script(text: str) -> bool:
-    """Whether ``text`` holds a letter outside the Latin scripts (CJK, Cyrillic, Arabic, ...):
-    text MiniLM, an English model, cannot read."""
+    """Whether ``text`` is (partly) written in a script other than Latin (CJK, Cyrillic, Arabic,
+    ...), which MiniLM, an English model, cannot read: at least two letters of such scripts, or
+    one in a text with no Latin letter. Modifier letters (``ʼ``), letter-like symbols (``Ω``,
+    ``ℓ``) and Latin letters in any form (fullwidth ``Ａ``) do not count, so one ``μm`` in an
+    English title does not make it foreign."""
+    other = latin = 0
     for ch in text:
         if ord(ch) < 0x250:  # ASCII, Latin-1 and Latin Extended-A/B: Latin script
+            latin += ch.isalpha()
             continue
-        if unicodedata.category(ch).startswith("L") and not unicodedata.name(ch, "").startswith("LATIN"):
-            return True
-    return False
+        category = unicodedata.category(ch)
+        if not category.startswith("L") or category == "Lm" or 0x2100 <= ord(ch) <= 0x214F:
+            continue
+        if "LATIN" in unicodedata.name(ch, ""):
+            latin += 1
+        else:
+            other += 1
+    return other >= 2 or (other == 1 and latin == 0)
 
 
 def resolve_text_encoder(name: str, texts: Iterable[str]) -> str:
