@@ -33,6 +33,7 @@ from emit.devices import local_device, resolve_device
 from emit.files import atomic_write_json
 from emit.problems import EmitError, ProblemLog
 from emit.retrieval.config import RetrievalConfig, resolve_tasks
+from emit.retrieval.encoders.sentence import QUERY_PRECISION_ENV
 from emit.retrieval.evaluate import evaluate_captions, write_evaluation
 from emit.retrieval.hubness import (
     DEFAULT_BETA,
@@ -427,7 +428,7 @@ def search_job(index_dir: PathLike, text: str | None = None, *, image: PathLike 
     check_target(target)
     # one query: a reduced-precision copy of the sentence model (0.1 s to make) would cost more
     # than it saves, so float unless EMIT_QUERY_PRECISION asks otherwise
-    precision = None if os.environ.get("EMIT_QUERY_PRECISION") else "float"
+    precision = None if os.environ.get(QUERY_PRECISION_ENV) else "float"
     searcher = IndexSearcher.open(index_dir, model, targets=[target], device=device,
                                   query_precision=precision)
     return searcher.search(text, image=image, top=top, target=target, cache_dir=cache_dir)

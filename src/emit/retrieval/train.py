@@ -46,7 +46,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -252,9 +252,9 @@ def check_global_batch(config: RetrievalConfig) -> int:
     return world
 
 
-def steps_per_epoch(tasks: Sequence[Task], batch_size: int) -> int:
-    """Steps of one epoch: one pass over the larger task."""
-    return max(math.ceil(len(t.pairs) / batch_size) for t in tasks)
+def steps_per_epoch(tasks: Iterable[Pairs], batch_size: int) -> int:
+    """Steps of one epoch: one pass over the larger task's pairs."""
+    return max(math.ceil(len(pairs) / batch_size) for pairs in tasks)
 
 
 # --------------------------------------------------------------------------- the state and the loop
@@ -387,7 +387,7 @@ def train_one_epoch(state: TrainState, features: torch.Tensor, tasks: Sequence[T
     batches of one shape.
     """
     config = state.config
-    n_steps = steps_per_epoch(tasks, config.batch_size)
+    n_steps = steps_per_epoch([t.pairs for t in tasks], config.batch_size)
     world = check_global_batch(config)
     # dropout: same per epoch on resume; each rank its own masks
     torch.manual_seed(distributed.rank_seed(config.seed * 1_000_003 + epoch))
@@ -521,8 +521,7 @@ def train_retrieval(
     if encoder is not None and config.encoder == "auto":  # the run records the encoder it was given
         config = replace(config, encoder=encoder.name)
     # 'auto' encoder and epochs: decided by the training texts, recorded in the run's config
-    config = resolve_data_settings(config, texts,
-                                   max(math.ceil(len(p) / config.batch_size) for p in tasks.values()))
+    config = resolve_data_settings(config, texts, steps_per_epoch(tasks.values(), config.batch_size))
     fingerprint = data_fingerprint(x_raw, tasks, val)
     distributed.same_everywhere("the training data (features, texts, pairs)", fingerprint,
                                 "give every process the same files, settings and feature cache")
@@ -670,8 +669,8 @@ def _write_curves(history: Sequence[Mapping[str, Any]], best_epoch: int | None, 
 
 def benchmark_steps(*, device: str | torch.device = "cpu", steps: int = 50, batch_size: int = 512,
                     image_dim: int = 1280, n_images: int = 4096, seed: int = 0) -> float:
-    """Optimiser steps per second of this loop with the paper's text side (an LSTM), InfoNCE, a learned
-    image projection) on generated features and captions, on ``device`` (after one warm-up
+    """Optimiser steps per second of this loop with the paper's text side (an LSTM, with InfoNCE and
+    a learned image projection) on generated features and captions, on ``device`` (after one warm-up
     step). Inside a process group ``batch_size`` is the global batch and every rank times its
     share. For benchmarks (``benchmarks/gpu_check.py``, ``benchmarks/ddp_speed.py``)."""
     config = RetrievalConfig(encoder="lstm", batch_size=batch_size, tasks="titles", val_fraction=0.0,
