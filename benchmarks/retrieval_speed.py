@@ -55,16 +55,17 @@ def main() -> None:
                          "retrieval_speed.json (--encoder lstm, the earlier default) or "
                          "retrieval_speed_<encoder>.json")
     args = ap.parse_args()
+    from emit.retrieval.config import RetrievalConfig
+
+    defaults = RetrievalConfig()
+    backbone_name = args.backbone or defaults.backbone
     if args.out is None:
         name = {None: "_default", "lstm": ""}.get(args.encoder, f"_{args.encoder}")
         # a backbone other than the one each name was measured with gets its own file: Lite0 for
         # the named encoders (results from before issue 14), emit's default for the default
-        from emit.retrieval.config import RetrievalConfig
-
-        default = RetrievalConfig().backbone
-        usual = "efficientnet-lite0" if args.encoder is not None else default
-        if (args.backbone or default) != usual:
-            name += "_" + (args.backbone or default).replace("+", "-")
+        usual = "efficientnet-lite0" if args.encoder is not None else defaults.backbone
+        if backbone_name != usual:
+            name += "_" + backbone_name.replace("+", "-")
         args.out = HERE / "results" / f"retrieval_speed{name}.json"
 
     import faiss
@@ -73,7 +74,6 @@ def main() -> None:
     from emit.config import to_dict
     from emit.data.captions import image_indices, read_captions, read_flickr8k
     from emit.files import atomic_write_json
-    from emit.retrieval.config import RetrievalConfig
     from emit.retrieval.hubness import DEFAULT_BETA, build_bank, index_correction
     from emit.retrieval.index import build_index, recall_against_exact
     from emit.retrieval.pairs import Pairs
@@ -90,8 +90,7 @@ def main() -> None:
     fashion_paths, _ = image_indices(titles + queries)
     flickr_paths, _ = image_indices(flickr)
     paths = (fashion_paths + flickr_paths)[:args.images]
-    defaults = RetrievalConfig()
-    backbone = create_backbone(args.backbone or defaults.backbone)
+    backbone = create_backbone(backbone_name)
     feats, ok = extract_features(paths, backbone, cache_dir=args.cache_dir, progress=False)
     feats, paths = feats[ok], [p for p, good in zip(paths, ok, strict=True) if good]
     row = {str(p): i for i, p in enumerate(paths)}
